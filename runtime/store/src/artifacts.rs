@@ -1,0 +1,112 @@
+//! Content-addressed artifacts and the compiled-code cache, inside the data directory.
+//!
+//! Sources live at `artifacts/<sha256 hex>`; compiled code at `compiled/<key>`. Digests and keys
+//! are checked to be plain lowercase hex (and `-`), so none can name a path outside those folders.
+
+use cap_std::fs::Dir;
+use sha2::{Digest as _, Sha256};
+
+use crate::{StoreError, write_durably};
+
+pub(crate) const SOURCES: &str = "artifacts";
+pub(crate) const COMPILED: &str = "compiled";
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The artifact store.
+pub struct Artifacts {
+    sources: Dir,
+    compiled: Dir,
+}
+
+impl Artifacts {
+    /// Opens the artifact folders of a data directory.
+    pub fn open(data: &crate::DataDir) -> Result<Self, StoreError> {
+        let open = |name: &str| {
+            data.dir().open_dir(name).map_err(|source| StoreError::Io { what: format!("opening {name}"), source })
+        };
+        Ok(Self { sources: open(SOURCES)?, compiled: open(COMPILED)? })
+    }
+
+    /// Stores `bytes` under their digest (durably) and returns it. Storing twice is harmless.
+    pub fn put(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        let digest = digest_of(bytes);
+        let file = hex_of(&digest)?;
+        if !self.sources.exists(file) {
+            write_durably(&self.sources, file, bytes, None)?;
+        }
+        Ok(digest)
+    }
+
+    /// Reads the artifact with `digest`.
+    pub fn get(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+        let file = hex_of(digest)?;
+        self.sources
+            .read(file)
+            .map_err(|source| StoreError::Io { what: format!("reading artifact {digest}"), source })
+    }
+
+    /// Whether an artifact with `digest` is stored.
+    pub fn contains(&self, digest: &str) -> bool {
+        hex_of(digest).map(|file| self.sources.exists(file)).unwrap_or(false)
+    }
+
+    /// Reads compiled code stored under `key`, if any.
+    pub fn get_compiled(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        check_key(key)?;
+        match self.compiled.read(key) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { what: format!("reading compiled {key}"), source }),
+        }
+    }
+
+    /// Stores compiled code under `key`.
+    pub fn put_compiled(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        check_key(key)?;
+        write_durably(&self.compiled, key, bytes, None)
+    }
+}
+
+fn hex_of(digest: &str) -> Result<&str, StoreError> {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(hex)
+    } else {
+        Err(StoreError::InvalidKey(digest.to_string()))
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StoreError> {
+    let ok = !key.is_empty()
+        && key.len() <= 200
+        && key.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-');
+    if ok { Ok(()) } else { Err(StoreError::InvalidKey(key.to_string())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_addressed_and_confined() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data = crate::DataDir::open(temp.path()).expect("open");
+        let artifacts = Artifacts::open(&data).expect("artifacts");
+        let digest = artifacts.put(b"\0asm").expect("put");
+        assert_eq!(digest, digest_of(b"\0asm"));
+        assert_eq!(artifacts.put(b"\0asm").expect("again"), digest);
+        assert_eq!(artifacts.get(&digest).expect("get"), b"\0asm");
+        assert!(artifacts.contains(&digest));
+        for bad in ["../registry.db", "sha256:../../etc/passwd", "sha256:ABC", ""] {
+            assert!(matches!(artifacts.get(bad), Err(StoreError::InvalidKey(_))), "{bad}");
+        }
+        assert!(artifacts.put_compiled("../x", b"").is_err());
+        assert_eq!(artifacts.get_compiled("abc-1").expect("miss"), None);
+        artifacts.put_compiled("abc-1", b"code").expect("put compiled");
+        assert_eq!(artifacts.get_compiled("abc-1").expect("hit"), Some(b"code".to_vec()));
+    }
+}

@@ -1,0 +1,121 @@
+//! Amphi's embedded storage, in one data directory. Nothing to install.
+//!
+//! - [`DataDir`]: the directory, opened once as a cap-std [`Dir`](cap_std::fs::Dir); every file
+//!   Amphi reads or writes under it goes through that handle, so no function name, digest or key
+//!   can reach outside it.
+//! - [`artifacts`]: content-addressed blobs (uploaded wasm) and the compiled-code cache.
+//! - [`registry`]: functions and their versions (SQLite, durable before a deploy is acknowledged).
+//! - [`logs`]: the log store for every backend: invocation records and log lines, written in
+//!   batches by a dedicated thread, with retention and a live feed for `--follow`.
+
+pub mod artifacts;
+pub mod logs;
+pub mod registry;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation in the data directory failed.
+    #[error("data directory I/O on {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The embedded database failed.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// Stored data could not be decoded (a corrupt or newer data directory).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// A key (digest, cache key) is not of the accepted form.
+    #[error("invalid key `{0}`")]
+    InvalidKey(String),
+    /// The background writer is gone (the store was shut down).
+    #[error("the log store writer has stopped")]
+    WriterStopped,
+}
+
+impl StoreError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
+
+/// The data directory.
+pub struct DataDir {
+    path: PathBuf,
+    dir: Dir,
+}
+
+const TOKEN_FILE: &str = "admin-token";
+
+impl DataDir {
+    /// Opens (creating it if needed) the data directory at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(StoreError::io(format!("creating {}", path.display())))?;
+        let dir = Dir::open_ambient_dir(path, ambient_authority())
+            .map_err(StoreError::io(format!("opening {}", path.display())))?;
+        for sub in [artifacts::SOURCES, artifacts::COMPILED] {
+            dir.create_dir_all(sub).map_err(StoreError::io(format!("creating {sub}")))?;
+        }
+        let path = path.canonicalize().map_err(StoreError::io("resolving the data directory"))?;
+        Ok(Self { path, dir })
+    }
+
+    /// The directory's absolute path (for SQLite, which opens files by path).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The capability handle to the directory.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// The admin token stored in the directory, if one was made before.
+    pub fn stored_token(&self) -> Result<Option<String>, StoreError> {
+        match self.dir.read_to_string(TOKEN_FILE) {
+            Ok(token) => Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { what: "reading the admin token".into(), source: e }),
+        }
+    }
+
+    /// Stores the admin token, readable by the owner only.
+    pub fn store_token(&self, token: &str) -> Result<(), StoreError> {
+        write_durably(&self.dir, TOKEN_FILE, token.as_bytes(), Some(0o600))
+    }
+}
+
+/// Writes `bytes` to `name` in `dir` so that it is complete and on disk when this returns:
+/// a temporary file, fsync, rename over the name, fsync of the directory.
+pub(crate) fn write_durably(dir: &Dir, name: &str, bytes: &[u8], mode: Option<u32>) -> Result<(), StoreError> {
+    let temp = format!("{name}.tmp-{}", std::process::id());
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if let Some(mode) = mode {
+        use cap_std::fs::OpenOptionsExt as _;
+        options.mode(mode);
+    }
+    let mut file = dir.open_with(&temp, &options).map_err(StoreError::io(format!("creating {temp}")))?;
+    file.write_all(bytes).map_err(StoreError::io(format!("writing {temp}")))?;
+    file.sync_all().map_err(StoreError::io(format!("syncing {temp}")))?;
+    drop(file);
+    dir.rename(&temp, dir, name).map_err(StoreError::io(format!("renaming {temp}")))?;
+    sync_dir(dir, name)
+}
+
+fn sync_dir(dir: &Dir, what: &str) -> Result<(), StoreError> {
+    // A directory is fsynced through a read handle to itself (the `Dir` handle may be O_PATH).
+    let handle = dir.open(".").map_err(StoreError::io(format!("syncing after {what}")))?;
+    handle.sync_all().map_err(StoreError::io(format!("syncing after {what}")))
+}

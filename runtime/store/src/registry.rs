@@ -1,0 +1,228 @@
+//! The function registry: uploaded artifacts, functions and their immutable versions.
+//!
+//! Every write is committed with `synchronous=FULL` before it returns, so a deploy the API has
+//! acknowledged survives a crash. Calls block on SQLite: run them off the async runtime's threads.
+
+use std::sync::{Mutex, PoisonError};
+
+use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::StoreError;
+
+/// The registry database.
+pub struct Registry {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS artifacts (
+    digest TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    digest TEXT NOT NULL REFERENCES artifacts(digest),
+    config TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS functions (
+    name TEXT PRIMARY KEY,
+    current_version INTEGER NOT NULL
+);
+";
+
+/// An uploaded artifact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ArtifactInfo {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// How it speaks the contract.
+    pub kind: ArtifactKind,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl Registry {
+    /// Opens (creating if needed) `registry.db` in the data directory.
+    pub fn open(data: &crate::DataDir) -> Result<Self, StoreError> {
+        let conn = Connection::open(data.path().join("registry.db"))?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records an uploaded artifact (idempotent).
+    pub fn add_artifact(&self, info: &ArtifactInfo) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO artifacts (digest, kind, size, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![info.digest, info.kind.as_str(), info.size as i64, now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The artifact with `digest`, if it was uploaded.
+    pub fn artifact(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
+        self.conn()
+            .query_row("SELECT kind, size FROM artifacts WHERE digest = ?1", [digest], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?
+            .map(|(kind, size)| {
+                Ok(ArtifactInfo { digest: digest.to_string(), kind: parse_kind(&kind)?, size: size as u64 })
+            })
+            .transpose()
+    }
+
+    /// Makes a new version of `name` (version 1 if it is new) and makes it current.
+    pub fn deploy(&self, name: &str, digest: &str, config: &FunctionConfig) -> Result<FunctionVersion, StoreError> {
+        let config_json = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let kind: String = tx.query_row("SELECT kind FROM artifacts WHERE digest = ?1", [digest], |r| r.get(0))?;
+        let version: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        let created_at_ms = now_ms();
+        tx.execute(
+            "INSERT INTO versions (name, version, digest, config, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, version, digest, config_json, created_at_ms as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO functions (name, current_version) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET current_version = excluded.current_version",
+            params![name, version],
+        )?;
+        tx.commit()?;
+        Ok(FunctionVersion {
+            name: name.to_string(),
+            version: version as u64,
+            digest: digest.to_string(),
+            kind: parse_kind(&kind)?,
+            config: config.clone(),
+            created_at_ms,
+        })
+    }
+
+    /// The current version of `name`.
+    pub fn current(&self, name: &str) -> Result<Option<FunctionVersion>, StoreError> {
+        self.select_versions(
+            "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms
+             FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
+             JOIN artifacts a ON a.digest = v.digest WHERE f.name = ?1",
+            Some(name),
+        )
+        .map(|mut all| all.pop())
+    }
+
+    /// The current version of every function, by name.
+    pub fn all_current(&self) -> Result<Vec<FunctionVersion>, StoreError> {
+        self.select_versions(
+            "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms
+             FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
+             JOIN artifacts a ON a.digest = v.digest ORDER BY f.name",
+            None,
+        )
+    }
+
+    /// Every version of `name`, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>, StoreError> {
+        self.select_versions(
+            "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms
+             FROM versions v JOIN artifacts a ON a.digest = v.digest WHERE v.name = ?1 ORDER BY v.version",
+            Some(name),
+        )
+    }
+
+    /// Deletes `name` and its versions. Returns whether it existed.
+    pub fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let removed = tx.execute("DELETE FROM functions WHERE name = ?1", [name])?;
+        tx.execute("DELETE FROM versions WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(removed > 0)
+    }
+
+    fn select_versions(&self, sql: &str, name: Option<&str>) -> Result<Vec<FunctionVersion>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(sql)?;
+        let map = |row: &rusqlite::Row<'_>| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        };
+        let rows = match name {
+            Some(name) => statement.query_map([name], map)?.collect::<Result<Vec<_>, _>>()?,
+            None => statement.query_map([], map)?.collect::<Result<Vec<_>, _>>()?,
+        };
+        rows.into_iter()
+            .map(|(name, version, digest, kind, config, created_at_ms)| {
+                Ok(FunctionVersion {
+                    name,
+                    version: version as u64,
+                    digest,
+                    kind: parse_kind(&kind)?,
+                    config: serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    created_at_ms: created_at_ms as u64,
+                })
+            })
+            .collect()
+    }
+}
+
+fn parse_kind(kind: &str) -> Result<ArtifactKind, StoreError> {
+    match kind {
+        "wasi-http-component" => Ok(ArtifactKind::WasiHttpComponent),
+        "cgi-module" => Ok(ArtifactKind::CgiModule),
+        other => Err(StoreError::Corrupt(format!("unknown artifact kind `{other}`"))),
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    amphi_contract::invocation::now_unix_us() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_survive_reopen_and_delete_removes() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data = crate::DataDir::open(temp.path()).expect("open");
+        let registry = Registry::open(&data).expect("registry");
+        let info = ArtifactInfo { digest: "sha256:aa".into(), kind: ArtifactKind::CgiModule, size: 4 };
+        registry.add_artifact(&info).expect("artifact");
+        let v1 = registry.deploy("hello", &info.digest, &FunctionConfig::default()).expect("v1");
+        let config = FunctionConfig { timeout_ms: 5000, ..Default::default() };
+        let v2 = registry.deploy("hello", &info.digest, &config).expect("v2");
+        assert_eq!((v1.version, v2.version), (1, 2));
+        assert!(registry.deploy("x", "sha256:unknown", &config).is_err());
+        drop(registry);
+
+        let registry = Registry::open(&data).expect("reopen");
+        let current = registry.current("hello").expect("query").expect("exists");
+        assert_eq!(current, v2);
+        assert_eq!(registry.versions("hello").expect("versions").len(), 2);
+        assert_eq!(registry.all_current().expect("all"), vec![v2]);
+        assert!(registry.delete("hello").expect("delete"));
+        assert!(!registry.delete("hello").expect("again"));
+        assert_eq!(registry.current("hello").expect("query"), None);
+    }
+}
