@@ -90,3 +90,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Forgets everything cached for `function` (deleted or redeployed); calls in flight finish.
     fn retire(&self, function: &str);
 }
+
+/// The connection a request arrived on, put in the request's extensions by the gateway
+/// (CGI's `REMOTE_ADDR` and `SERVER_PORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub remote: std::net::SocketAddr,
+    /// The gateway's address the client connected to.
+    pub local: std::net::SocketAddr,
+}

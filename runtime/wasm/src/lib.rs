@@ -1,1 +1,193 @@
-//! placeholder
+//! Amphi's WebAssembly backend: a fresh instance for every request, in microseconds.
+//!
+//! One shared [`Engine`](wasmtime::Engine) ([`engine`]) compiles each artifact once
+//! ([`prepare`]); every call gets a new `Store` and instance from a pre-instantiated form, so
+//! nothing leaks from one call to the next. Two bindings of the one contract:
+//! - [`http`]: components exporting `wasi:http/incoming-handler` (WASI 0.2), streaming bodies;
+//! - [`cgi`]: WASI preview1 command modules speaking CGI 1.1 over stdio.
+//!
+//! Guests get no filesystem, no environment and no network unless their config grants them
+//! (env vars, outbound hosts). Deadlines are enforced by epoch interruption (a spinning guest is
+//! stopped) with a timer as backstop (a guest blocked in a host call is dropped); memory by a
+//! per-store limiter.
+
+pub mod cgi;
+pub mod engine;
+pub mod http;
+pub mod limits;
+pub mod output;
+pub mod prepare;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use amphi_contract::backend::InvokeFuture;
+use amphi_contract::record::BackendKind;
+use amphi_contract::{ArtifactKind, Backend, BackendError, FunctionConfig, Invocation, ProblemKind};
+use amphi_store::artifacts::Artifacts;
+use bytes::Bytes;
+use wasmtime::{Engine, Store};
+
+pub use engine::WasmSettings;
+pub use prepare::PrepareError;
+use prepare::{Prepared, Preparer};
+
+use crate::limits::CallLimits;
+
+/// Errors starting the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    /// wasmtime refused the configuration.
+    #[error("cannot configure wasmtime: {0}")]
+    Engine(String),
+    /// The epoch ticker thread could not start.
+    #[error("cannot start the epoch ticker: {0}")]
+    Ticker(#[from] std::io::Error),
+}
+
+/// Counters of the backend, for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct WasmStats {
+    /// Whether the pooling allocator is in use.
+    pub pooling_allocator: bool,
+    /// Artifacts compiled from wasm since start.
+    pub compiled: u64,
+    /// Artifacts loaded from compiled code on disk since start.
+    pub loaded_from_disk: u64,
+}
+
+/// The wasm backend.
+pub struct WasmBackend {
+    preparer: Arc<Preparer>,
+    settings: WasmSettings,
+    pooling: bool,
+}
+
+impl WasmBackend {
+    /// Builds the engine and starts its epoch ticker.
+    pub fn new(settings: WasmSettings, artifacts: Arc<Artifacts>) -> Result<Self, WasmError> {
+        let (engine, pooling) = engine::build(&settings).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        engine::start_epoch_ticker(&engine)?;
+        let preparer = Preparer::new(engine, artifacts, settings.cache_entries)
+            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        Ok(Self { preparer: Arc::new(preparer), settings, pooling })
+    }
+
+    /// Validates and compiles an upload already stored under `digest`; returns its kind.
+    /// Blocking: call it off the async threads.
+    pub fn prepare_upload(&self, digest: &str, bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
+        self.preparer.prepare_upload(digest, bytes)
+    }
+
+    /// Checks what of a function's config depends on this backend.
+    pub fn check_config(&self, config: &FunctionConfig) -> Result<(), String> {
+        if config.memory_bytes > self.settings.max_memory_bytes {
+            return Err(format!(
+                "memory {} is above this server's ceiling of {} (serve --wasm-max-memory)",
+                amphi_contract::size::format_bytes(config.memory_bytes),
+                amphi_contract::size::format_bytes(self.settings.max_memory_bytes)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backend's counters.
+    pub fn stats(&self) -> WasmStats {
+        WasmStats {
+            pooling_allocator: self.pooling,
+            compiled: self.preparer.stats.compiled.load(Ordering::Relaxed),
+            loaded_from_disk: self.preparer.stats.loaded_from_disk.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Backend for WasmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wasm
+    }
+
+    fn serves(&self, kind: ArtifactKind) -> bool {
+        matches!(kind, ArtifactKind::WasiHttpComponent | ArtifactKind::CgiModule)
+    }
+
+    fn invoke(&self, invocation: Invocation, request: ::http::Request<Bytes>) -> InvokeFuture {
+        let preparer = self.preparer.clone();
+        let max_cgi_response = self.settings.max_cgi_response_bytes;
+        Box::pin(async move {
+            let (prepared, code_load) = match preparer.cached(&invocation.function.digest) {
+                Some(prepared) => (prepared, None),
+                None => {
+                    // A cold start: the code is loaded from disk (or compiled) off the async threads.
+                    let started = Instant::now();
+                    let (digest, kind) = (invocation.function.digest.clone(), invocation.function.kind);
+                    let loader = preparer.clone();
+                    let loaded = tokio::task::spawn_blocking(move || loader.get(&digest, kind)).await;
+                    match loaded {
+                        Ok(Ok(prepared)) => (prepared, Some(started.elapsed())),
+                        Ok(Err(error)) => {
+                            let error = BackendError::new(
+                                ProblemKind::BackendUnavailable,
+                                format!("the function's code cannot be loaded: {error}"),
+                            );
+                            error.finish(invocation, BackendKind::Wasm);
+                            return Err(error);
+                        }
+                        Err(join) => {
+                            let error = BackendError::new(ProblemKind::Internal, format!("loading failed: {join}"));
+                            error.finish(invocation, BackendKind::Wasm);
+                            return Err(error);
+                        }
+                    }
+                }
+            };
+            match &*prepared {
+                Prepared::Http(pre) => http::invoke(pre.clone(), invocation, request, code_load).await,
+                Prepared::Cgi(pre) => cgi::invoke(pre.clone(), invocation, request, code_load, max_cgi_response).await,
+            }
+        })
+    }
+
+    fn retire(&self, _function: &str) {
+        // Ready forms are cached by artifact digest, which other functions may share; an unused
+        // one ages out of the bounded cache. In-flight calls hold their own reference.
+    }
+}
+
+/// A store for one call: memory limiter and deadline hooked up.
+fn new_store<T: Send + 'static>(engine: &Engine, data: T, limits: fn(&mut T) -> &mut CallLimits) -> Store<T> {
+    let mut store = Store::new(engine, data);
+    store.limiter(move |data| limits(data));
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut context| Ok(limits(context.data_mut()).on_epoch()));
+    store
+}
+
+/// Names why a guest stopped: its deadline, its memory limit, or a trap. The full error (with
+/// the guest's backtrace) goes to the invocation's log; the caller gets one line.
+fn classify_failure(error: &wasmtime::Error, limits: &CallLimits, invocation: &Invocation) -> BackendError {
+    if limits.deadline_exceeded {
+        return deadline_exceeded(invocation);
+    }
+    invocation.log.platform_line(&format!("{error:?}"));
+    if limits.memory_exceeded {
+        return BackendError::new(
+            ProblemKind::FunctionFailed,
+            format!(
+                "the function exceeded its memory limit of {}",
+                amphi_contract::size::format_bytes(invocation.function.config.memory_bytes)
+            ),
+        );
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => BackendError::new(ProblemKind::FunctionFailed, format!("the function trapped: {trap}")),
+        None => BackendError::new(ProblemKind::FunctionFailed, format!("the function failed: {error}")),
+    }
+}
+
+fn deadline_exceeded(invocation: &Invocation) -> BackendError {
+    BackendError::new(
+        ProblemKind::DeadlineExceeded,
+        format!("the function did not finish within its timeout of {}ms", invocation.function.config.timeout_ms),
+    )
+}

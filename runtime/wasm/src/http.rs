@@ -1,0 +1,208 @@
+//! The `wasi:http/incoming-handler` binding: a fresh component instance for every request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use amphi_contract::record::{BackendKind, LogStream};
+use amphi_contract::{BackendError, BackendResponse, BoxError, Finish, Invocation, Outcome, ProblemKind};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::limits::CallLimits;
+use crate::output::LogOutput;
+use crate::{classify_failure, deadline_exceeded, new_store};
+
+/// The store data of a component call.
+pub struct HttpState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundPolicy,
+    /// The call's limits and which one was hit.
+    pub limits: CallLimits,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
+/// Outbound HTTP is denied unless the host is on the function's allow-list.
+struct OutboundPolicy {
+    allowed_hosts: Arc<[String]>,
+}
+
+impl OutboundPolicy {
+    fn allows(&self, uri: &http::Uri) -> bool {
+        let Some(authority) = uri.authority() else { return false };
+        self.allowed_hosts
+            .iter()
+            .any(|allowed| allowed == authority.as_str() || allowed == authority.host())
+    }
+}
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+                )>,
+            > + Send,
+    > {
+        drop(fut);
+        if !self.allows(request.uri()) {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(http_body_util::BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            ))
+        })
+    }
+}
+
+/// Serves one request with a fresh instance of `pre`.
+///
+/// The guest runs in its own task so it can keep streaming the body after the response head is
+/// sent; that task finishes the invocation record when the guest returns.
+///
+/// `code_load` is the time spent loading the function's code when this call found it missing
+/// from the cache (a cold start).
+pub async fn invoke(
+    pre: ProxyPre<HttpState>,
+    invocation: Invocation,
+    request: http::Request<Bytes>,
+    code_load: Option<Duration>,
+) -> Result<BackendResponse, BackendError> {
+    let init_started = Instant::now();
+    let config = &invocation.function.config;
+    let mut wasi = WasiCtx::builder();
+    wasi.envs(&config.env.iter().collect::<Vec<_>>())
+        .stdout(LogOutput::new(invocation.log.clone(), LogStream::Stdout))
+        .stderr(LogOutput::new(invocation.log.clone(), LogStream::Stderr));
+    let state = HttpState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        outbound: OutboundPolicy { allowed_hosts: config.allowed_outbound_hosts.clone().into() },
+        limits: CallLimits::new(config.memory_bytes, invocation.deadline),
+    };
+    let mut store = new_store(pre.engine(), state, |s| &mut s.limits);
+
+    let request = request.map(Full::new);
+    let status = Arc::new(AtomicU16::new(0));
+    let (response_tx, response_rx) = tokio::sync::oneshot::channel();
+    let setup = (|| -> wasmtime::Result<_> {
+        let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+        let status = status.clone();
+        let outparam = store.data_mut().http().new_response_outparam_from_callback(move |result| {
+            if let Ok(response) = &result {
+                status.store(response.status().as_u16(), Ordering::Relaxed);
+            }
+            let _ = response_tx.send(result);
+        })?;
+        Ok((incoming, outparam))
+    })();
+    let (incoming, outparam) = match setup {
+        Ok(handles) => handles,
+        Err(e) => {
+            let error = BackendError::new(ProblemKind::Internal, format!("cannot hand the request over: {e:#}"));
+            error.finish(invocation, BackendKind::Wasm);
+            return Err(error);
+        }
+    };
+
+    let (init_tx, init_rx) = tokio::sync::oneshot::channel();
+    let cold_start = code_load.is_some();
+    let guest = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::from_std(invocation.deadline);
+        let mut init = None;
+        let run = async {
+            let proxy = pre.instantiate_async(&mut store).await;
+            let ready = code_load.unwrap_or_default() + init_started.elapsed();
+            init = Some(ready);
+            let _ = init_tx.send(ready);
+            proxy?.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
+        };
+        let result = tokio::time::timeout_at(deadline, run).await;
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(trap)) => Some(classify_failure(&trap, &store.data().limits, &invocation)),
+            Err(_elapsed) => Some(deadline_exceeded(&invocation)),
+        };
+        drop(store);
+        let sent_status = status.load(Ordering::Relaxed);
+        let failure = match failure {
+            None if sent_status == 0 => Some(no_response()),
+            other => other,
+        };
+        match failure {
+            None => invocation.finish(Finish {
+                backend: BackendKind::Wasm,
+                status: sent_status,
+                outcome: Outcome::Success,
+                error: None,
+                cold_start,
+                init,
+            }),
+            // The caller already has the response head: the record keeps its status and says why
+            // the body broke off.
+            Some(error) if sent_status != 0 => invocation.finish(Finish {
+                backend: BackendKind::Wasm,
+                status: sent_status,
+                outcome: error.outcome(),
+                error: Some(format!("after the response started: {}", error.detail)),
+                cold_start,
+                init,
+            }),
+            Some(mut error) => {
+                error.cold_start = cold_start;
+                error.init = init;
+                error.finish(invocation, BackendKind::Wasm);
+                return Err(error);
+            }
+        }
+        Ok(())
+    });
+
+    let init = init_rx.await.unwrap_or_default();
+    match response_rx.await {
+        Ok(Ok(response)) => Ok(BackendResponse {
+            response: response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            cold_start,
+            init,
+        }),
+        // An error code instead of a response, or no response at all: the guest task has the
+        // reason (and writes the record).
+        Ok(Err(_)) | Err(_) => match guest.await {
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(())) => Err(no_response()),
+            Err(join) => Err(BackendError::new(ProblemKind::Internal, format!("the guest task failed: {join}"))),
+        },
+    }
+}
+
+fn no_response() -> BackendError {
+    BackendError::new(ProblemKind::FunctionFailed, "the function did not produce a response")
+}

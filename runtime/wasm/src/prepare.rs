@@ -1,0 +1,214 @@
+//! From uploaded bytes to something ready to instantiate, once per artifact digest.
+//!
+//! An upload is validated and compiled at deploy time; the compiled code is written to the data
+//! directory (`compiled/<digest>-<engine key>`), so a restarted server deserializes it instead
+//! of compiling again. Ready-to-instantiate forms (`ProxyPre`, `InstancePre`) are kept in a
+//! bounded `moka` cache; an entry evicted or lost to a restart is rebuilt from the compiled code.
+
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use amphi_contract::ArtifactKind;
+use amphi_store::StoreError;
+use amphi_store::artifacts::Artifacts;
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmparser::Parser;
+use wasmtime::{Engine, InstancePre, Linker, Module};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::cgi::CgiState;
+use crate::http::HttpState;
+
+/// A function ready to be instantiated.
+pub enum Prepared {
+    /// A `wasi:http` component.
+    Http(ProxyPre<HttpState>),
+    /// A preview1 CGI command module.
+    Cgi(InstancePre<CgiState>),
+}
+
+/// Why an artifact cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Not a WebAssembly binary at all.
+    #[error("not a WebAssembly binary (expected a component or a core module)")]
+    NotWasm,
+    /// Invalid wasm, or wasm this engine cannot compile.
+    #[error("invalid WebAssembly: {0}")]
+    Invalid(String),
+    /// Valid wasm that does not speak the contract (missing export, unknown imports).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How often code was compiled or loaded; shows that a restart does not recompile.
+#[derive(Debug, Default)]
+pub struct CompileStats {
+    /// Artifacts compiled from wasm.
+    pub compiled: AtomicU64,
+    /// Artifacts deserialized from compiled code on disk.
+    pub loaded_from_disk: AtomicU64,
+}
+
+/// Compiles, stores and caches artifacts.
+pub struct Preparer {
+    engine: Engine,
+    engine_key: String,
+    artifacts: Arc<Artifacts>,
+    http_linker: ComponentLinker<HttpState>,
+    cgi_linker: Linker<CgiState>,
+    ready: moka::sync::Cache<String, Arc<Prepared>>,
+    /// Compile and load counters.
+    pub stats: CompileStats,
+}
+
+impl Preparer {
+    /// A preparer for `engine`, storing compiled code in `artifacts`.
+    pub fn new(engine: Engine, artifacts: Arc<Artifacts>, cache_entries: u64) -> wasmtime::Result<Self> {
+        let mut http_linker = ComponentLinker::new(&engine);
+        // The full WASI 0.2 surface, so components built for wasm32-wasip2 link too; nothing is
+        // granted by it (no preopened dirs, no sockets) unless the function's config says so.
+        wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)?;
+        let mut cgi_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut cgi_linker, |state: &mut CgiState| &mut state.wasi)?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = format!("{:016x}", hasher.finish());
+        Ok(Self {
+            engine,
+            engine_key,
+            artifacts,
+            http_linker,
+            cgi_linker,
+            ready: moka::sync::Cache::new(cache_entries),
+            stats: CompileStats::default(),
+        })
+    }
+
+    /// Detects how `bytes` speak the contract, without compiling.
+    pub fn detect_kind(bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
+        if Parser::is_component(bytes) {
+            Ok(ArtifactKind::WasiHttpComponent)
+        } else if Parser::is_core_wasm(bytes) {
+            Ok(ArtifactKind::CgiModule)
+        } else {
+            Err(PrepareError::NotWasm)
+        }
+    }
+
+    /// Validates and compiles an upload stored under `digest`, and stores its compiled code.
+    /// Blocking (compiling takes milliseconds to seconds): call it off the async threads.
+    pub fn prepare_upload(&self, digest: &str, bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
+        let kind = Self::detect_kind(bytes)?;
+        let key = self.compiled_key(digest)?;
+        if self.artifacts.get_compiled(&key)?.is_none() {
+            let prepared = self.compile(kind, bytes)?;
+            self.artifacts.put_compiled(&key, &prepared.1)?;
+            self.ready.insert(digest.to_string(), Arc::new(prepared.0));
+        }
+        Ok(kind)
+    }
+
+    /// The ready form of an artifact: from the cache, else from compiled code on disk, else
+    /// compiled from its source. Blocking on a cache miss.
+    pub fn get(&self, digest: &str, kind: ArtifactKind) -> Result<Arc<Prepared>, Arc<PrepareError>> {
+        self.ready.try_get_with(digest.to_string(), || self.load(digest, kind).map(Arc::new))
+    }
+
+    /// The ready form if it is cached (no blocking work).
+    pub fn cached(&self, digest: &str) -> Option<Arc<Prepared>> {
+        self.ready.get(digest)
+    }
+
+    /// Drops a cached ready form.
+    pub fn forget(&self, digest: &str) {
+        self.ready.invalidate(digest);
+    }
+
+    fn compiled_key(&self, digest: &str) -> Result<String, PrepareError> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        Ok(format!("{hex}-{}", self.engine_key))
+    }
+
+    fn load(&self, digest: &str, kind: ArtifactKind) -> Result<Prepared, PrepareError> {
+        let key = self.compiled_key(digest)?;
+        if let Some(code) = self.artifacts.get_compiled(&key)? {
+            match self.deserialize(kind, &code) {
+                Ok(prepared) => {
+                    self.stats.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
+                    return Ok(prepared);
+                }
+                Err(error) => tracing::warn!(%digest, %error, "compiled code unusable; compiling again"),
+            }
+        }
+        let source = self.artifacts.get(digest)?;
+        let (prepared, code) = self.compile(kind, &source)?;
+        self.artifacts.put_compiled(&key, &code)?;
+        Ok(prepared)
+    }
+
+    fn compile(&self, kind: ArtifactKind, bytes: &[u8]) -> Result<(Prepared, Vec<u8>), PrepareError> {
+        self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+        let invalid = |e: wasmtime::Error| PrepareError::Invalid(format!("{e:#}"));
+        match kind {
+            ArtifactKind::WasiHttpComponent => {
+                let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+                let code = component.serialize().map_err(invalid)?;
+                Ok((self.link_component(&component)?, code))
+            }
+            ArtifactKind::CgiModule => {
+                let module = Module::new(&self.engine, bytes).map_err(invalid)?;
+                let code = module.serialize().map_err(invalid)?;
+                Ok((self.link_module(&module)?, code))
+            }
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn deserialize(&self, kind: ArtifactKind, code: &[u8]) -> Result<Prepared, PrepareError> {
+        let invalid = |e: wasmtime::Error| PrepareError::Invalid(format!("{e:#}"));
+        // SAFETY: `code` was produced by `serialize` of this engine's configuration (the key names
+        // the engine's compatibility hash) and read from Amphi's own data directory, which only
+        // Amphi writes; wasmtime additionally checks the header and the engine compatibility.
+        match kind {
+            ArtifactKind::WasiHttpComponent => {
+                let component = unsafe { Component::deserialize(&self.engine, code) }.map_err(invalid)?;
+                self.link_component(&component)
+            }
+            ArtifactKind::CgiModule => {
+                let module = unsafe { Module::deserialize(&self.engine, code) }.map_err(invalid)?;
+                self.link_module(&module)
+            }
+        }
+    }
+
+    fn link_component(&self, component: &Component) -> Result<Prepared, PrepareError> {
+        let pre = self.http_linker.instantiate_pre(component).map_err(|e| {
+            PrepareError::Unsupported(format!("the component imports something Amphi does not provide: {e:#}"))
+        })?;
+        let proxy = ProxyPre::new(pre).map_err(|e| {
+            PrepareError::Unsupported(format!("the component does not export wasi:http/incoming-handler: {e:#}"))
+        })?;
+        Ok(Prepared::Http(proxy))
+    }
+
+    fn link_module(&self, module: &Module) -> Result<Prepared, PrepareError> {
+        if module.get_export("_start").and_then(|e| e.func().cloned()).is_none() {
+            return Err(PrepareError::Unsupported(
+                "the module has no `_start` export: a CGI function must be a WASI preview1 command".into(),
+            ));
+        }
+        let pre = self.cgi_linker.instantiate_pre(module).map_err(|e| {
+            PrepareError::Unsupported(format!(
+                "the module imports something Amphi does not provide (only wasi_snapshot_preview1): {e:#}"
+            ))
+        })?;
+        Ok(Prepared::Cgi(pre))
+    }
+}

@@ -1,0 +1,168 @@
+//! The wasm backend on its own, running the real guests of `guest-examples/`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
+use amphi_contract::record::{InvocationRecord, LogLine, LogStream, Outcome};
+use amphi_contract::{Backend, BackendError, Invocation, TelemetrySink};
+use amphi_store::DataDir;
+use amphi_store::artifacts::Artifacts;
+use amphi_wasm::{WasmBackend, WasmSettings};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+
+#[derive(Default)]
+struct Collected {
+    lines: Mutex<Vec<LogLine>>,
+    records: Mutex<Vec<InvocationRecord>>,
+}
+
+impl TelemetrySink for Collected {
+    fn log_line(&self, line: LogLine) {
+        self.lines.lock().expect("lock").push(line);
+    }
+    fn invocation(&self, record: InvocationRecord) {
+        self.records.lock().expect("lock").push(record);
+    }
+}
+
+struct Harness {
+    _temp: tempfile::TempDir,
+    artifacts: Arc<Artifacts>,
+    backend: WasmBackend,
+    sink: Arc<Collected>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::open(temp.path()).expect("data dir");
+        let artifacts = Arc::new(Artifacts::open(&data).expect("artifacts"));
+        let settings = WasmSettings { pool_instances: 64, ..Default::default() };
+        let backend = WasmBackend::new(settings, artifacts.clone()).expect("backend");
+        Self { _temp: temp, artifacts, backend, sink: Arc::default() }
+    }
+
+    fn deploy(&self, path: &str, config: FunctionConfig) -> Arc<FunctionVersion> {
+        let bytes = std::fs::read(path).expect("guest built");
+        let digest = self.artifacts.put(&bytes).expect("put");
+        let kind = self.backend.prepare_upload(&digest, &bytes).expect("prepare");
+        Arc::new(FunctionVersion { name: "f".into(), version: 1, digest, kind, config, created_at_ms: 0 })
+    }
+
+    async fn call(
+        &self,
+        function: &Arc<FunctionVersion>,
+        method: &str,
+        path: &str,
+        body: &'static [u8],
+    ) -> Result<(u16, http::HeaderMap, Bytes), BackendError> {
+        let invocation = Invocation::new(function.clone(), method.into(), path.into(), self.sink.clone(), 64 * 1024);
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(Bytes::from_static(body))
+            .expect("request");
+        let response = self.backend.invoke(invocation, request).await?.response;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        Ok((status, headers, body))
+    }
+
+    fn last_record(&self) -> InvocationRecord {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(record) = self.sink.records.lock().expect("lock").last().cloned() {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "no record written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[tokio::test]
+async fn component_says_hello_echoes_and_logs() {
+    let harness = Harness::new();
+    let function = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, FunctionConfig::default());
+    assert_eq!(function.kind, ArtifactKind::WasiHttpComponent);
+
+    let (status, _, body) = harness.call(&function, "GET", "/", b"").await.expect("hello");
+    assert_eq!((status, body.as_ref()), (200, &b"Hello from Amphi!\n"[..]));
+
+    let (status, headers, body) = harness.call(&function, "PUT", "/echo?x=1", b"\x00\xffbinary").await.expect("echo");
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-echo-method"], "PUT");
+    assert_eq!(headers["x-echo-path-with-query"], "/echo?x=1");
+    assert_eq!(body.as_ref(), b"\x00\xffbinary");
+
+    harness.sink.records.lock().expect("lock").clear();
+    harness.call(&function, "GET", "/log?lines=2", b"").await.expect("log");
+    let record = harness.last_record();
+    assert_eq!((record.outcome, record.status, record.log_lines), (Outcome::Success, 200, 3));
+    let lines = harness.sink.lines.lock().expect("lock");
+    let of_call: Vec<_> = lines.iter().filter(|l| l.invocation_id == record.id).collect();
+    assert_eq!(of_call.len(), 3);
+    assert!(of_call.iter().any(|l| l.stream == LogStream::Stderr && l.line == "a line to stderr"));
+}
+
+#[tokio::test]
+async fn component_failures_are_classified() {
+    let harness = Harness::new();
+    let config = FunctionConfig { timeout_ms: 300, memory_bytes: 16 << 20, ..Default::default() };
+    let function = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, config);
+
+    let trap = harness.call(&function, "GET", "/trap", b"").await.expect_err("traps");
+    assert_eq!(trap.kind.status(), 502, "{trap}");
+    assert!(trap.detail.contains("trapped"), "{trap}");
+
+    let started = Instant::now();
+    let spin = harness.call(&function, "GET", "/loop", b"").await.expect_err("loops");
+    assert_eq!(spin.kind.status(), 504, "{spin}");
+    assert!(started.elapsed() < Duration::from_secs(2), "stopped near its deadline");
+
+    let memory = harness.call(&function, "GET", "/grow?mib=64", b"").await.expect_err("grows");
+    assert_eq!(memory.kind.status(), 502, "{memory}");
+    assert!(memory.detail.contains("memory limit"), "{memory}");
+    let (status, _, _) = harness.call(&function, "GET", "/grow?mib=4", b"").await.expect("within limit");
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn cgi_modules_in_rust_and_c() {
+    let harness = Harness::new();
+    let rust = harness.deploy(amphi_guest_artifacts::RUST_CGI_MODULE, FunctionConfig::default());
+    assert_eq!(rust.kind, ArtifactKind::CgiModule);
+    let (status, headers, body) = harness.call(&rust, "POST", "/echo?q=%20a", b"payload").await.expect("echo");
+    assert_eq!((status, body.as_ref()), (200, &b"payload"[..]));
+    assert_eq!(headers["x-echo-method"], "POST");
+    assert_eq!(headers["x-echo-query"], "q=%20a");
+    let (status, _, _) = harness.call(&rust, "GET", "/status/418", b"").await.expect("status");
+    assert_eq!(status, 418);
+    let trap = harness.call(&rust, "GET", "/trap", b"").await.expect_err("traps");
+    assert_eq!(trap.kind.status(), 502);
+
+    let c = harness.deploy(amphi_guest_artifacts::C_CGI_MODULE, FunctionConfig::default());
+    let (status, headers, body) = harness.call(&c, "POST", "/x?y=1", b"tail").await.expect("c echo");
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-powered-by"], "wasi-libc");
+    assert_eq!(body.as_ref(), b"Hello from C! method=POST path=/x query=y=1\ntail");
+}
+
+#[tokio::test]
+async fn uploads_that_are_not_functions_are_refused() {
+    let harness = Harness::new();
+    for (bytes, expected) in [
+        (&b"not wasm"[..], "not a WebAssembly binary"),
+        (&b"\0asm\x01\0\0\0\x05"[..], "invalid WebAssembly"),
+        // A valid module without `_start`.
+        (&b"\0asm\x01\0\0\0"[..], "no `_start`"),
+    ] {
+        let digest = harness.artifacts.put(bytes).expect("put");
+        let error = harness.backend.prepare_upload(&digest, bytes).expect_err("refused");
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+}
