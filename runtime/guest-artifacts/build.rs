@@ -5,7 +5,10 @@
 //! 2. Debian's `rustc-web` with its library sources, building `std` for wasm32 itself
 //!    (`-Zbuild-std`), linked with `wasm-ld` against Debian's `wasi-libc`.
 //!
-//! The `wasi:http` guest is then wrapped into a component with the preview1 *proxy* adapter.
+//! The `wasi:http` guest is then wrapped into a component with the preview1 *reactor* adapter: it
+//! exports `wasi:http/incoming-handler` and may import the WASI CLI interfaces (environment,
+//! clocks, random, stdio). The stricter *proxy* adapter would drop `wasi:cli/environment`, and
+//! with it the env vars a function's config grants.
 //! C guests are compiled with clang against wasi-libc (wasi-sdk when `WASI_SDK_PATH` is set).
 
 use std::env;
@@ -30,6 +33,7 @@ fn main() {
     for watched in ["Cargo.toml", "Cargo.lock", "rust-http", "rust-cgi", "c-cgi"] {
         println!("cargo:rerun-if-changed={}", guests.join(watched).display());
     }
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=WASI_SDK_PATH");
 
     let toolchain = RustToolchain::detect();
@@ -139,9 +143,9 @@ fn componentize(core_module: &[u8]) -> Vec<u8> {
         .validate(true)
         .adapter(
             "wasi_snapshot_preview1",
-            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
         )
-        .expect("the proxy adapter applies")
+        .expect("the reactor adapter applies")
         .encode()
         .expect("the guest encodes as a component")
 }

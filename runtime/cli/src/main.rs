@@ -1,1 +1,88 @@
-fn main() {}
+//! `amphi`: `amphi serve` runs the platform; every other command talks to a running server over
+//! its admin API (`AMPHI_URL`, `AMPHI_TOKEN`), exits non-zero on failure and says why on stderr.
+
+mod client;
+mod commands;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "amphi", version, about = "Serverless functions: WebAssembly and containers behind one gateway")]
+struct Cli {
+    /// The server's URL.
+    #[arg(long, global = true, env = "AMPHI_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin token (default: the one in the local data directory, if readable).
+    #[arg(long, global = true, env = "AMPHI_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform: the gateway, the admin API and the backends.
+    Serve(serve::ServeArgs),
+    /// Upload a .wasm function and make it the current version of NAME.
+    Deploy(commands::DeployArgs),
+    /// Call a function through its HTTP trigger and print the response body.
+    Invoke(commands::InvokeArgs),
+    /// Show a function's log lines (and, with --follow, its invocation records as they happen).
+    Logs(commands::LogsArgs),
+    /// List a function's recent invocations.
+    Invocations(commands::InvocationsArgs),
+    /// List the functions.
+    Ls(commands::JsonFlag),
+    /// Show a function's current config and its versions.
+    Describe(commands::NameArgs),
+    /// Delete a function and its versions.
+    Rm(commands::NameArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            command => {
+                let token = cli.token.or_else(local_token);
+                let client = client::Client::new(&cli.url, token);
+                match command {
+                    Command::Deploy(args) => commands::deploy(&client, args).await,
+                    Command::Invoke(args) => commands::invoke(&client, args).await,
+                    Command::Logs(args) => commands::logs(&client, args).await,
+                    Command::Invocations(args) => commands::invocations(&client, args).await,
+                    Command::Ls(args) => commands::list(&client, args).await,
+                    Command::Describe(args) => commands::describe(&client, args).await,
+                    Command::Rm(args) => commands::remove(&client, args).await,
+                    Command::Serve(_) => unreachable!("handled above"),
+                }
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The token a local `amphi serve` stored in its data directory (`AMPHI_DATA`, else `./amphi-data`).
+fn local_token() -> Option<String> {
+    let data = std::env::var_os("AMPHI_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(serve::DEFAULT_DATA));
+    let token = std::fs::read_to_string(data.join("admin-token")).ok()?;
+    Some(token.trim().to_string()).filter(|t| !t.is_empty())
+}

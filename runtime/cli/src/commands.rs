@@ -1,0 +1,373 @@
+//! The client commands: human output by default, `--json` for scripts.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use amphi_contract::size::{format_bytes, parse_bytes, parse_duration};
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use clap::Args;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Client, describe_failure};
+
+#[derive(Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct NameArgs {
+    /// The function's name.
+    name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The function's name (its trigger is /fn/NAME).
+    name: String,
+    /// The .wasm file: a wasi:http component or a preview1 CGI command module.
+    file: PathBuf,
+    /// Most time one call may take.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Most memory the function may use.
+    #[arg(long, value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// An environment variable for the function (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Most calls in flight at once; more get 429.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// A host the function may send HTTP requests to (repeatable).
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_hosts: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
+    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let mut config = serde_json::Map::new();
+    if let Some(timeout) = args.timeout {
+        config.insert("timeout_ms".into(), json!(timeout.as_millis() as u64));
+    }
+    if let Some(memory) = args.memory {
+        config.insert("memory_bytes".into(), json!(memory));
+    }
+    if let Some(concurrency) = args.concurrency {
+        config.insert("concurrency".into(), json!(concurrency));
+    }
+    if !args.env.is_empty() {
+        let mut env = serde_json::Map::new();
+        for pair in &args.env {
+            let (key, value) = pair.split_once('=').with_context(|| format!("--env `{pair}` is not KEY=VALUE"))?;
+            env.insert(key.to_string(), json!(value));
+        }
+        config.insert("env".into(), Value::Object(env));
+    }
+    if !args.allow_hosts.is_empty() {
+        config.insert("allowed_outbound_hosts".into(), json!(args.allow_hosts));
+    }
+
+    let reply = client.admin(Method::POST, "/v1/artifacts", Bytes::from(bytes), Some("application/wasm")).await?;
+    let artifact: Value = serde_json::from_slice(&reply.body).context("the server sent invalid JSON")?;
+    let digest = artifact["digest"].as_str().context("the upload answer has no digest")?;
+    let function = client
+        .send_json(Method::PUT, &format!("/v1/functions/{}", args.name), &json!({ "digest": digest, "config": config }))
+        .await?;
+    if args.json {
+        println!("{function}");
+    } else {
+        println!(
+            "deployed {} version {} ({}, {})",
+            args.name,
+            function["version"],
+            function["kind"].as_str().unwrap_or("?"),
+            short(digest.trim_start_matches("sha256:"), 12)
+        );
+        println!("  {}/fn/{}", client.base(), args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct InvokeArgs {
+    /// The function's name.
+    name: String,
+    /// The path (and query) the function sees.
+    #[arg(default_value = "/")]
+    path: String,
+    /// The request body: text, or @FILE to send a file's bytes.
+    #[arg(long, short = 'd')]
+    data: Option<String>,
+    /// The method (default: POST with --data, else GET).
+    #[arg(long, short = 'X')]
+    method: Option<String>,
+    /// A request header `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Print the status line and the response headers first (to stderr).
+    #[arg(long, short = 'i')]
+    include: bool,
+}
+
+pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<ExitCode> {
+    let body = match &args.data {
+        Some(data) => match data.strip_prefix('@') {
+            Some(file) => Bytes::from(std::fs::read(file).with_context(|| format!("cannot read {file}"))?),
+            None => Bytes::from(data.clone()),
+        },
+        None => Bytes::new(),
+    };
+    let method = match &args.method {
+        Some(m) => Method::from_bytes(m.to_uppercase().as_bytes()).with_context(|| format!("bad method `{m}`"))?,
+        None if args.data.is_some() => Method::POST,
+        None => Method::GET,
+    };
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| {
+            let (name, value) = h.split_once(':').with_context(|| format!("header `{h}` is not `Name: value`"))?;
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let path = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
+    let reply = client.invoke(method, &format!("/fn/{}{path}", args.name), &headers, body).await?;
+    if args.include {
+        eprintln!("{:?} {}", http::Version::HTTP_11, reply.status);
+        for (name, value) in &reply.headers {
+            eprintln!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
+        }
+        eprintln!();
+    }
+    let is_problem = reply
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == amphi_contract::problem::CONTENT_TYPE.as_bytes());
+    if is_problem {
+        bail!("{}", describe_failure(&reply));
+    }
+    std::io::stdout().write_all(&reply.body)?;
+    Ok(if reply.status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// The function's name.
+    name: String,
+    /// Keep printing new lines and invocation records as they happen.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only the lines of this invocation.
+    #[arg(long)]
+    invocation: Option<String>,
+    /// Only lines since then: a duration back (10m) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// How many lines (the newest, unless --since).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Print JSON (one object per line).
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn logs(client: &Client, args: LogsArgs) -> Result<ExitCode> {
+    let mut path = format!("/v1/logs?function={}&limit={}", args.name, args.limit);
+    if let Some(invocation) = &args.invocation {
+        path.push_str(&format!("&invocation={invocation}"));
+    }
+    if let Some(since) = &args.since {
+        path.push_str(&format!("&since={}", encode(since)));
+    }
+    if args.follow {
+        path.push_str("&follow=true");
+        client
+            .stream_lines(&path, |line| {
+                let event: Value = serde_json::from_slice(line).context("the server sent invalid JSON")?;
+                let mut out = std::io::stdout().lock();
+                if args.json {
+                    writeln!(out, "{event}")?;
+                } else if event["type"] == "invocation" {
+                    writeln!(out, "{}", record_line(&event))?;
+                } else {
+                    writeln!(out, "{}", log_line(&event))?;
+                }
+                out.flush()?;
+                Ok(())
+            })
+            .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lines = client.get_json(&path).await?;
+    let mut out = std::io::stdout().lock();
+    for line in lines.as_array().into_iter().flatten() {
+        if args.json {
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{}", log_line(line))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct InvocationsArgs {
+    /// The function's name.
+    name: String,
+    /// How many (the newest first).
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn invocations(client: &Client, args: InvocationsArgs) -> Result<ExitCode> {
+    let records = client.get_json(&format!("/v1/invocations?function={}&limit={}", args.name, args.limit)).await?;
+    if args.json {
+        println!("{records}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<36}  {:<24}  {:>6}  {:<14}  {:>10}  {:<5}  {:<7}  PATH", "ID", "STARTED", "STATUS", "OUTCOME", "DURATION", "COLD", "BACKEND");
+    for record in records.as_array().into_iter().flatten() {
+        println!(
+            "{:<36}  {:<24}  {:>6}  {:<14}  {:>10}  {:<5}  {:<7}  {} {}",
+            record["id"].as_str().unwrap_or("?"),
+            timestamp(record["start_us"].as_u64()),
+            record["status"].to_string(),
+            record["outcome"].as_str().unwrap_or("?"),
+            micros(record["duration_us"].as_u64()),
+            record["cold_start"].to_string(),
+            record["backend"].as_str().unwrap_or("?"),
+            record["method"].as_str().unwrap_or(""),
+            record["path"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list(client: &Client, args: JsonFlag) -> Result<ExitCode> {
+    let functions = client.get_json("/v1/functions").await?;
+    if args.json {
+        println!("{functions}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<24}  {:>7}  {:<20}  {:>8}  {:>8}  {:>11}", "NAME", "VERSION", "KIND", "TIMEOUT", "MEMORY", "CONCURRENCY");
+    for f in functions.as_array().into_iter().flatten() {
+        let config = &f["config"];
+        println!(
+            "{:<24}  {:>7}  {:<20}  {:>8}  {:>8}  {:>11}",
+            f["name"].as_str().unwrap_or("?"),
+            f["version"].to_string(),
+            f["kind"].as_str().unwrap_or("?"),
+            format!("{}ms", config["timeout_ms"]),
+            format_bytes(config["memory_bytes"].as_u64().unwrap_or(0)),
+            config["concurrency"].to_string(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
+    let described = client.get_json(&format!("/v1/functions/{}", args.name)).await?;
+    if args.json {
+        println!("{described}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = &described["function"];
+    let config = &f["config"];
+    println!("name:         {}", f["name"].as_str().unwrap_or("?"));
+    println!("version:      {}", f["version"]);
+    println!("kind:         {}", f["kind"].as_str().unwrap_or("?"));
+    println!("digest:       {}", f["digest"].as_str().unwrap_or("?"));
+    println!("trigger:      {}/fn/{}", client.base(), args.name);
+    println!("timeout:      {}ms", config["timeout_ms"]);
+    println!("memory:       {}", format_bytes(config["memory_bytes"].as_u64().unwrap_or(0)));
+    println!("concurrency:  {}", config["concurrency"]);
+    let env: Vec<String> = config["env"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    println!("env:          {}", if env.is_empty() { "(none)".into() } else { env.join(" ") });
+    let hosts: Vec<&str> = config["allowed_outbound_hosts"].as_array().into_iter().flatten().filter_map(|h| h.as_str()).collect();
+    println!("outbound:     {}", if hosts.is_empty() { "(denied)".into() } else { hosts.join(" ") });
+    println!("versions:");
+    for v in described["versions"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>4}  {}  {}",
+            v["version"].to_string(),
+            timestamp(v["created_at_ms"].as_u64().map(|ms| ms * 1000)),
+            short(v["digest"].as_str().unwrap_or("?").trim_start_matches("sha256:"), 12)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn remove(client: &Client, args: NameArgs) -> Result<ExitCode> {
+    client.admin(Method::DELETE, &format!("/v1/functions/{}", args.name), Bytes::new(), None).await?;
+    if args.json {
+        println!("{}", json!({ "deleted": args.name }));
+    } else {
+        println!("deleted {}", args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_line(line: &Value) -> String {
+    format!(
+        "{}  {}  {:<8}  {}",
+        timestamp(line["ts_us"].as_u64()),
+        short(line["invocation_id"].as_str().unwrap_or("?"), 36),
+        line["stream"].as_str().unwrap_or("?"),
+        line["line"].as_str().unwrap_or("")
+    )
+}
+
+fn record_line(record: &Value) -> String {
+    let error = record["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+    format!(
+        "{}  {}  ── {} {} → {} {} in {}{}{}",
+        timestamp(record["start_us"].as_u64()),
+        record["id"].as_str().unwrap_or("?"),
+        record["method"].as_str().unwrap_or(""),
+        record["path"].as_str().unwrap_or(""),
+        record["status"],
+        record["outcome"].as_str().unwrap_or("?"),
+        micros(record["duration_us"].as_u64()),
+        if record["cold_start"] == true { " (cold)" } else { "" },
+        error
+    )
+}
+
+fn timestamp(us: Option<u64>) -> String {
+    let time = UNIX_EPOCH + Duration::from_micros(us.unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn micros(us: Option<u64>) -> String {
+    let us = us.unwrap_or(0);
+    if us >= 1_000_000 { format!("{:.2}s", us as f64 / 1e6) } else { format!("{:.2}ms", us as f64 / 1e3) }
+}
+
+fn short(text: &str, len: usize) -> &str {
+    text.get(..len).unwrap_or(text)
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

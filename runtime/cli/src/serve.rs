@@ -1,0 +1,105 @@
+//! `amphi serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use amphi_contract::size::{parse_bytes, parse_duration};
+use amphi_gateway::{ServeConfig, Server, TokenSource};
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+/// The data directory when none is given.
+pub const DEFAULT_DATA: &str = "amphi-data";
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "AMPHI_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data directory (artifacts, compiled code, registry, logs).
+    #[arg(long, env = "AMPHI_DATA", default_value = DEFAULT_DATA)]
+    data: PathBuf,
+    /// Largest request body of a function call.
+    #[arg(long, default_value = "16MiB", value_parser = parse_bytes)]
+    max_body: u64,
+    /// Largest .wasm upload.
+    #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
+    max_upload: u64,
+    /// Log bytes one invocation may write before the rest is dropped.
+    #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
+    log_limit: u64,
+    /// Remove log lines and invocation records older than this.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    log_retention: Duration,
+    /// Keep at most this many log lines (oldest removed first).
+    #[arg(long, default_value_t = 10_000_000)]
+    log_max_lines: u64,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// The largest memory limit a wasm function may ask for.
+    #[arg(long, default_value = "512MiB", value_parser = parse_bytes)]
+    wasm_max_memory: u64,
+    /// Wasm instances alive at once (pooling allocator slots).
+    #[arg(long, default_value_t = 1000)]
+    wasm_pool_instances: u32,
+    /// Use guard pages and signal-based traps instead of explicit bounds checks (keeps the
+    /// Spectre heap mitigation; costs two mprotect calls per request that grows memory).
+    #[arg(long)]
+    wasm_guard_pages: bool,
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = ServeConfig::new(args.listen, args.data.clone());
+    config.token = std::env::var("AMPHI_TOKEN").ok().filter(|t| !t.is_empty());
+    config.max_body_bytes = args.max_body;
+    config.max_upload_bytes = args.max_upload;
+    config.log_bytes_per_invocation = usize::try_from(args.log_limit).unwrap_or(usize::MAX);
+    config.logs.retention = args.log_retention;
+    config.logs.max_lines = args.log_max_lines;
+    config.drain_timeout = args.drain_timeout;
+    config.wasm.max_memory_bytes = args.wasm_max_memory;
+    config.wasm.pool_instances = args.wasm_pool_instances;
+    config.wasm.guard_pages = args.wasm_guard_pages;
+
+    let server = Server::bind(config).await.context("cannot start the server")?;
+    let addr = server.local_addr()?;
+    let (token, source) = server.token();
+    if source == TokenSource::Generated {
+        println!("admin token (generated; kept in {}/admin-token):", args.data.display());
+        println!("  export AMPHI_TOKEN={token}");
+    }
+    println!("Amphi listening on http://{addr}");
+    println!("  functions: http://{addr}/fn/NAME    admin API: http://{addr}/v1");
+    server.run(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            () = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

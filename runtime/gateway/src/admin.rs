@@ -1,0 +1,321 @@
+//! The admin API under `/v1`: deploy, list, describe, update, delete; logs and invocation
+//! records, with a live follow mode. JSON in and out, errors as problem+json, bearer token.
+//!
+//! | method and path | what it does |
+//! |---|---|
+//! | `POST /v1/artifacts` | upload a `.wasm` (validated and compiled) → `{digest, kind, size}` |
+//! | `GET /v1/functions` | the current version of every function |
+//! | `PUT /v1/functions/{name}` | `{digest, config}` → a new version, current at once |
+//! | `GET /v1/functions/{name}` | the current version and every version |
+//! | `PATCH /v1/functions/{name}` | change config fields → a new version of the same artifact |
+//! | `DELETE /v1/functions/{name}` | delete the function and its versions |
+//! | `GET /v1/logs` | log lines: `function`, `invocation`, `since`, `limit`, `follow` |
+//! | `GET /v1/invocations` | invocation records: `function`, `since`, `limit` |
+//! | `GET /v1/invocations/{id}` | one record with its log lines |
+//! | `GET /v1/stats` | counters of the backends and the log store |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amphi_contract::function::FunctionConfig;
+use amphi_contract::invocation::now_unix_us;
+use amphi_contract::{Problem, ProblemKind, ResponseBody};
+use amphi_store::logs::{InvocationQuery, LogQuery, StoredEvent};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::follow;
+use crate::platform::{Platform, blocking};
+use crate::respond::{self, json, problem, problem_of};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+const MAX_JSON_BODY: usize = 1 << 20;
+
+/// Serves one admin request; `path` is what follows `/v1`.
+pub async fn handle(platform: &Arc<Platform>, request: Request<Incoming>, path: &str) -> Response<ResponseBody> {
+    if !authorized(platform, &request) {
+        return problem_of(ProblemKind::Unauthorized, "send `Authorization: Bearer <token>` with the admin token");
+    }
+    match route(platform, request, path).await {
+        Ok(response) => response,
+        Err(p) => problem(p),
+    }
+}
+
+fn authorized(platform: &Platform, request: &Request<Incoming>) -> bool {
+    let Some(given) = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given.trim().as_bytes(), platform.token().as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn route(platform: &Arc<Platform>, request: Request<Incoming>, path: &str) -> Result<Response<ResponseBody>, Problem> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let query = query_params(request.uri().query());
+    let method = request.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["artifacts"]) => upload(platform, request).await,
+        (&Method::GET, ["functions"]) => Ok(json(StatusCode::OK, &platform.functions())),
+        (&Method::GET, ["functions", name]) => describe(platform, name).await,
+        (&Method::PUT, ["functions", name]) => deploy(platform, name, request).await,
+        (&Method::PATCH, ["functions", name]) => update(platform, name, request).await,
+        (&Method::DELETE, ["functions", name]) => match platform.delete(name.to_string()).await? {
+            true => Ok(Response::builder().status(StatusCode::NO_CONTENT).body(respond::empty()).map_err(internal)?),
+            false => Err(not_found(name)),
+        },
+        (&Method::GET, ["logs"]) => logs(platform, &query).await,
+        (&Method::GET, ["invocations"]) => invocations(platform, &query).await,
+        (&Method::GET, ["invocations", id]) => invocation(platform, id).await,
+        (&Method::GET, ["stats"]) => Ok(stats(platform)),
+        (_, ["artifacts"] | ["functions"] | ["functions", _] | ["logs"] | ["invocations"] | ["invocations", _] | ["stats"]) => {
+            Err(Problem::new(ProblemKind::MethodNotAllowed, format!("{method} is not allowed on /v1/{}", segments.join("/"))))
+        }
+        _ => Err(Problem::new(ProblemKind::NotFound, format!("no admin route /v1{path}"))),
+    }
+}
+
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Problem> {
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
+            ProblemKind::PayloadTooLarge,
+            format!("the body is larger than {}", amphi_contract::size::format_bytes(limit as u64)),
+        )),
+        Err(e) => Err(Problem::new(ProblemKind::BadRequest, format!("cannot read the body: {e}"))),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, Problem> {
+    let body = read_body(request, MAX_JSON_BODY).await?;
+    serde_json::from_slice(&body).map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid JSON: {e}")))
+}
+
+async fn upload(platform: &Arc<Platform>, request: Request<Incoming>) -> Result<Response<ResponseBody>, Problem> {
+    let body = read_body(request, platform.config.max_upload_bytes as usize).await?;
+    if body.is_empty() {
+        return Err(Problem::new(ProblemKind::BadRequest, "the upload is empty"));
+    }
+    let (artifact, created) = platform.upload(body).await?;
+    Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &artifact))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    digest: String,
+    #[serde(default)]
+    config: FunctionConfig,
+}
+
+async fn deploy(platform: &Arc<Platform>, name: &str, request: Request<Incoming>) -> Result<Response<ResponseBody>, Problem> {
+    let DeployRequest { digest, config } = read_json(request).await?;
+    let function = platform.deploy(name.to_string(), digest, config).await?;
+    Ok(json(StatusCode::CREATED, &function))
+}
+
+async fn update(platform: &Arc<Platform>, name: &str, request: Request<Incoming>) -> Result<Response<ResponseBody>, Problem> {
+    let changes: serde_json::Map<String, serde_json::Value> = read_json(request).await?;
+    let current = platform.route(name).ok_or_else(|| not_found(name))?.function;
+    let mut config = serde_json::to_value(&current.config).map_err(internal)?;
+    if let Some(fields) = config.as_object_mut() {
+        fields.extend(changes);
+    }
+    let config: FunctionConfig = serde_json::from_value(config)
+        .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid config: {e}")))?;
+    let function = platform.deploy(name.to_string(), current.digest.clone(), config).await?;
+    Ok(json(StatusCode::CREATED, &function))
+}
+
+async fn describe(platform: &Arc<Platform>, name: &str) -> Result<Response<ResponseBody>, Problem> {
+    let current = platform.route(name).ok_or_else(|| not_found(name))?.function;
+    let versions = platform.versions(name.to_string()).await?;
+    Ok(json(StatusCode::OK, &json!({ "function": current, "versions": versions })))
+}
+
+async fn logs(platform: &Arc<Platform>, query: &HashMap<String, String>) -> Result<Response<ResponseBody>, Problem> {
+    let log_query = LogQuery {
+        function: query.get("function").cloned(),
+        invocation_id: query.get("invocation").cloned(),
+        since_us: query.get("since").map(|s| parse_since(s)).transpose()?,
+        after_seq: None,
+        limit: parse_limit(query)?,
+    };
+    if query.get("follow").is_some_and(|v| v == "true" || v == "1") {
+        return Ok(follow::stream(platform.clone(), log_query));
+    }
+    let store = platform.logs.clone();
+    let lines = blocking(move || store.logs(&log_query)).await?;
+    Ok(json(StatusCode::OK, &lines))
+}
+
+async fn invocations(platform: &Arc<Platform>, query: &HashMap<String, String>) -> Result<Response<ResponseBody>, Problem> {
+    let record_query = InvocationQuery {
+        function: query.get("function").cloned(),
+        id: query.get("id").cloned(),
+        since_us: query.get("since").map(|s| parse_since(s)).transpose()?,
+        after_seq: None,
+        limit: parse_limit(query)?,
+    };
+    let store = platform.logs.clone();
+    let records = blocking(move || store.invocations(&record_query)).await?;
+    Ok(json(StatusCode::OK, &records))
+}
+
+async fn invocation(platform: &Arc<Platform>, id: &str) -> Result<Response<ResponseBody>, Problem> {
+    let store = platform.logs.clone();
+    let key = id.to_string();
+    let (record, lines) = blocking(move || {
+        let record = store.invocations(&InvocationQuery { id: Some(key.clone()), limit: 1, ..Default::default() })?;
+        let lines = store.logs(&LogQuery { invocation_id: Some(key), limit: MAX_LIMIT, ..Default::default() })?;
+        Ok((record.into_iter().next(), lines))
+    })
+    .await?;
+    let record = record.ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("no invocation `{id}`")))?;
+    Ok(json(StatusCode::OK, &json!({ "invocation": record, "logs": lines })))
+}
+
+fn stats(platform: &Platform) -> Response<ResponseBody> {
+    let wasm = platform.wasm.stats();
+    json(
+        StatusCode::OK,
+        &json!({
+            "functions": platform.functions().len(),
+            "wasm": {
+                "pooling_allocator": wasm.pooling_allocator,
+                "compiled": wasm.compiled,
+                "loaded_from_disk": wasm.loaded_from_disk,
+            },
+            "logs": { "dropped": platform.logs.dropped() },
+        }),
+    )
+}
+
+/// A stream item of `logs?follow=true`, as sent (one JSON object per line).
+pub fn event_line(event: &StoredEvent) -> Bytes {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Problem> {
+    match query.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(Problem::new(ProblemKind::BadRequest, format!("limit must be 1 to {MAX_LIMIT}, got `{text}`"))),
+        },
+    }
+}
+
+/// `since` is a duration back from now (`10m`), an RFC 3339 time, or microseconds since the epoch.
+fn parse_since(text: &str) -> Result<u64, Problem> {
+    if let Ok(us) = text.parse::<u64>() {
+        return Ok(us);
+    }
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(now_unix_us().saturating_sub(ago.as_micros() as u64));
+    }
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        return Ok(since.as_micros() as u64);
+    }
+    Err(Problem::new(
+        ProblemKind::BadRequest,
+        format!("since must be a duration (10m), an RFC 3339 time or microseconds since the epoch, got `{text}`"),
+    ))
+}
+
+fn query_params(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode_component(key), decode_component(value))
+        })
+        .collect()
+}
+
+fn decode_component(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn not_found(name: &str) -> Problem {
+    Problem::new(ProblemKind::NotFound, format!("no function named `{name}`"))
+}
+
+fn internal(error: impl std::fmt::Display) -> Problem {
+    Problem::new(ProblemKind::Internal, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let params = query_params(Some("function=a-b&since=2026-11-25T02%3A00%3A00Z&x&q=a+b"));
+        assert_eq!(params["function"], "a-b");
+        assert_eq!(params["since"], "2026-11-25T02:00:00Z");
+        assert_eq!(params["x"], "");
+        assert_eq!(params["q"], "a b");
+    }
+
+    #[test]
+    fn since_accepts_durations_times_and_numbers() {
+        assert_eq!(parse_since("12345").ok(), Some(12345));
+        let ten_minutes_ago = parse_since("10m").expect("duration");
+        assert!(now_unix_us() - ten_minutes_ago >= 600_000_000);
+        assert_eq!(parse_since("1970-01-01T00:00:01Z").ok(), Some(1_000_000));
+        assert!(parse_since("yesterday-ish").is_err());
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

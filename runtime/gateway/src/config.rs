@@ -1,0 +1,51 @@
+//! What `amphi serve` can be told.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use amphi_store::logs::LogStoreConfig;
+use amphi_wasm::WasmSettings;
+
+/// Configuration of a server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The admin token; when `None`, the one stored in the data directory, or a new one.
+    pub token: Option<String>,
+    /// Largest request body a function call may carry.
+    pub max_body_bytes: u64,
+    /// Largest artifact upload.
+    pub max_upload_bytes: u64,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+    /// Log bytes one invocation may write; more is dropped and the truncation recorded.
+    pub log_bytes_per_invocation: usize,
+    /// The log store's retention and queue.
+    pub logs: LogStoreConfig,
+    /// The wasm backend's settings.
+    pub wasm: WasmSettings,
+}
+
+impl ServeConfig {
+    /// The defaults, serving `data_dir` on `listen`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            token: None,
+            max_body_bytes: 16 << 20,
+            max_upload_bytes: 128 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            log_bytes_per_invocation: 64 << 10,
+            logs: LogStoreConfig::default(),
+            wasm: WasmSettings::default(),
+        }
+    }
+}

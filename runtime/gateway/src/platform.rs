@@ -1,0 +1,240 @@
+//! The platform's state: registry, artifacts, log store, backends, and the live route table.
+//!
+//! The registry in SQLite is the source of truth; the route table is its in-memory mirror for the
+//! hot path, updated only after a write has committed. Deploys are serialised, so the table
+//! never goes back to an older version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use amphi_contract::function::{FunctionConfig, FunctionVersion, validate_name};
+use amphi_contract::{Backend, Problem, ProblemKind};
+use amphi_store::artifacts::Artifacts;
+use amphi_store::logs::LogStore;
+use amphi_store::registry::{ArtifactInfo, Registry};
+use amphi_store::{DataDir, StoreError};
+use amphi_wasm::WasmBackend;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::GatewayError;
+use crate::config::ServeConfig;
+
+/// Where calls of one function go.
+#[derive(Clone)]
+pub struct Route {
+    /// The current version.
+    pub function: Arc<FunctionVersion>,
+    /// The backend that runs it.
+    pub backend: Arc<dyn Backend>,
+    /// One permit per call allowed in flight.
+    pub capacity: Arc<Semaphore>,
+}
+
+/// How the admin token was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Given by flag or environment.
+    Configured,
+    /// Read from the data directory.
+    Stored,
+    /// Made now and stored in the data directory.
+    Generated,
+}
+
+/// The platform.
+pub struct Platform {
+    registry: Registry,
+    artifacts: Arc<Artifacts>,
+    /// The log store.
+    pub logs: Arc<LogStore>,
+    /// The wasm backend.
+    pub wasm: Arc<WasmBackend>,
+    backends: Vec<Arc<dyn Backend>>,
+    routes: RwLock<HashMap<String, Route>>,
+    deploys: tokio::sync::Mutex<()>,
+    /// The configuration it was opened with.
+    pub config: ServeConfig,
+    token: String,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Platform {
+    /// Opens the data directory, starts the backends and loads the route table.
+    pub fn open(config: ServeConfig) -> Result<(Self, TokenSource), GatewayError> {
+        let data = DataDir::open(&config.data_dir)?;
+        let (token, source) = match (&config.token, data.stored_token()?) {
+            (Some(token), _) => (token.clone(), TokenSource::Configured),
+            (None, Some(stored)) => (stored, TokenSource::Stored),
+            (None, None) => {
+                let token = new_token();
+                data.store_token(&token)?;
+                (token, TokenSource::Generated)
+            }
+        };
+        let artifacts = Arc::new(Artifacts::open(&data)?);
+        let registry = Registry::open(&data)?;
+        let logs = Arc::new(LogStore::open(&data, config.logs.clone())?);
+        let wasm = Arc::new(WasmBackend::new(config.wasm.clone(), artifacts.clone())?);
+        let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone()];
+        let platform = Self {
+            registry,
+            artifacts,
+            logs,
+            wasm,
+            backends,
+            routes: RwLock::default(),
+            deploys: tokio::sync::Mutex::new(()),
+            config,
+            token,
+            shutdown: tokio::sync::watch::Sender::new(false),
+        };
+        for function in platform.registry.all_current()? {
+            platform.install_route(function)?;
+        }
+        Ok((platform, source))
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Changes to `true` when the server begins shutting down; long-lived streams end then.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tells long-lived streams that the server is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Where calls of `name` go, if it exists.
+    pub fn route(&self, name: &str) -> Option<Route> {
+        self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    }
+
+    /// The current version of every function, by name.
+    pub fn functions(&self) -> Vec<Arc<FunctionVersion>> {
+        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<_> = routes.values().map(|r| r.function.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Every version of `name`, oldest first.
+    pub async fn versions(self: &Arc<Self>, name: String) -> Result<Vec<FunctionVersion>, Problem> {
+        let platform = self.clone();
+        blocking(move || platform.registry.versions(&name)).await
+    }
+
+    /// Stores and validates an upload. Returns the artifact and whether it is new.
+    pub async fn upload(self: &Arc<Self>, bytes: Bytes) -> Result<(ArtifactInfo, bool), Problem> {
+        let platform = self.clone();
+        blocking(move || {
+            let digest = amphi_store::artifacts::digest_of(&bytes);
+            if let Some(known) = platform.registry.artifact(&digest)? {
+                return Ok(Ok((known, false)));
+            }
+            // Validate before anything is stored: a refused upload leaves nothing behind.
+            let kind = match amphi_wasm::prepare::Preparer::detect_kind(&bytes) {
+                Ok(kind) => kind,
+                Err(e) => return Ok(Err(Problem::new(ProblemKind::UnprocessableEntity, e.to_string()))),
+            };
+            if let Err(e) = platform.wasm.prepare_upload(&digest, &bytes) {
+                return Ok(Err(match e {
+                    amphi_wasm::PrepareError::Store(e) => internal(e),
+                    refused => Problem::new(ProblemKind::UnprocessableEntity, refused.to_string()),
+                }));
+            }
+            platform.artifacts.put(&bytes)?;
+            let info = ArtifactInfo { digest, kind, size: bytes.len() as u64 };
+            platform.registry.add_artifact(&info)?;
+            Ok(Ok((info, true)))
+        })
+        .await?
+    }
+
+    /// Makes `digest` with `config` the new current version of `name`. Durable when it returns.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        name: String,
+        digest: String,
+        config: FunctionConfig,
+    ) -> Result<FunctionVersion, Problem> {
+        validate_name(&name).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
+        config
+            .validate()
+            .and_then(|()| self.wasm.check_config(&config))
+            .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
+        let _serialised = self.deploys.lock().await;
+        let platform = self.clone();
+        let function = blocking(move || {
+            if platform.registry.artifact(&digest)?.is_none() {
+                return Ok(Err(Problem::new(
+                    ProblemKind::UnprocessableEntity,
+                    format!("no artifact {digest} was uploaded (POST /v1/artifacts first)"),
+                )));
+            }
+            Ok(Ok(platform.registry.deploy(&name, &digest, &config)?))
+        })
+        .await??;
+        self.install_route(function.clone()).map_err(|e| internal(e))?;
+        Ok(function)
+    }
+
+    /// Deletes `name`. Calls in flight finish on the version they started with.
+    pub async fn delete(self: &Arc<Self>, name: String) -> Result<bool, Problem> {
+        let _serialised = self.deploys.lock().await;
+        let platform = self.clone();
+        let key = name.clone();
+        let existed = blocking(move || platform.registry.delete(&key)).await?;
+        if let Some(route) = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name) {
+            route.backend.retire(&name);
+        }
+        Ok(existed)
+    }
+
+    fn install_route(&self, function: FunctionVersion) -> Result<(), GatewayError> {
+        let backend = self
+            .backends
+            .iter()
+            .find(|b| b.serves(function.kind))
+            .cloned()
+            .ok_or_else(|| GatewayError::NoBackend(function.kind.as_str().to_string()))?;
+        let route = Route {
+            capacity: Arc::new(Semaphore::new(function.config.concurrency as usize)),
+            function: Arc::new(function),
+            backend,
+        };
+        let name = route.function.name.clone();
+        let previous =
+            self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), route);
+        if let Some(previous) = previous {
+            previous.backend.retire(&name);
+        }
+        Ok(())
+    }
+}
+
+/// Runs blocking storage work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Problem> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(internal(e)),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Problem {
+    tracing::error!(%error, "internal error");
+    Problem::new(ProblemKind::Internal, error.to_string())
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
