@@ -23,8 +23,10 @@ fn main() {
     let _ = std::io::stdin().read_to_end(&mut body);
     let mut out = std::io::stdout().lock();
 
-    match path.as_str() {
-        "/" => {
+    // Routes are chosen by the first path segment, so `/echo/any/thing` is still `/echo`.
+    let route = path.splitn(3, '/').take(2).collect::<Vec<_>>().join("/");
+    match route.as_str() {
+        "/" | "" => {
             let _ = write!(out, "Content-Type: text/plain\r\n\r\nHello from a CGI function!\n");
         }
         "/echo" => {
@@ -67,7 +69,7 @@ fn main() {
                 spins = std::hint::black_box(spins.wrapping_add(1));
             }
         }
-        other => match other.strip_prefix("/status/") {
+        _ => match path.strip_prefix("/status/") {
             Some(code) => {
                 let _ = write!(out, "Status: {code} Custom\r\nContent-Type: text/plain\r\n\r\n");
             }

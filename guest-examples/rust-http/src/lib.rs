@@ -13,6 +13,7 @@
 //! | `/status/CODE` | an empty response with that status |
 //! | `/stream?chunks=N` | N chunks written one by one |
 //! | `/state` | a counter kept in a `static`: always 1, since every request gets a fresh instance |
+//! | `/sleep?ms=N` | waits N ms, then answers with the env var `VERSION_TAG` |
 //! | `/trap` | panics (a wasm trap) |
 //! | `/loop` | never returns |
 //! | `/grow?mib=N` | allocates and touches N MiB |
@@ -45,8 +46,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 .and_then(|(_, value)| value.parse().ok())
         };
 
-        match path.as_str() {
-            "/" => respond(response_out, 200, "text/plain", b"Hello from Amphi!\n"),
+        // Routes are chosen by the first path segment, so `/echo/any/thing` is still `/echo`.
+        let route = path.splitn(3, '/').take(2).collect::<Vec<_>>().join("/");
+        match route.as_str() {
+            "/" | "" => respond(response_out, 200, "text/plain", b"Hello from Amphi!\n"),
             "/echo" => {
                 let body = read_body(&request);
                 let headers = [
@@ -98,6 +101,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 let seen = CALLS_SEEN_BY_THIS_INSTANCE.fetch_add(1, Ordering::SeqCst) + 1;
                 respond(response_out, 200, "text/plain", format!("{seen}").as_bytes())
             }
+            "/sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(param("ms").unwrap_or(100)));
+                let tag = std::env::var("VERSION_TAG").unwrap_or_default();
+                respond(response_out, 200, "text/plain", tag.as_bytes())
+            }
             "/stream" => {
                 let chunks = param("chunks").unwrap_or(3);
                 let response = OutgoingResponse::new(Fields::new());
@@ -124,7 +132,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 let touched = std::hint::black_box(&block).iter().step_by(4096).count();
                 respond(response_out, 200, "text/plain", format!("touched {touched} pages\n").as_bytes())
             }
-            other => match other.strip_prefix("/status/").and_then(|code| code.parse().ok()) {
+            _ => match path.strip_prefix("/status/").and_then(|code| code.parse().ok()) {
                 Some(code) => respond(response_out, code, "text/plain", b""),
                 None => respond(response_out, 404, "text/plain", b"no such route\n"),
             },

@@ -13,10 +13,10 @@ use amphi_contract::headers::{self, RESERVED_PREFIX};
 use amphi_contract::{
     BackendError, BackendResponse, ConnectionInfo, Invocation, Problem, ProblemKind, ResponseBody,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -77,14 +77,18 @@ pub async fn invoke(
     let max_body = platform.config.max_body_bytes;
     let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > max_body) {
+        discard_in_background(body);
         return refuse(invocation, ProblemKind::PayloadTooLarge, too_large(max_body));
     }
-    let body = match Limited::new(body, max_body as usize).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    let body = match read_body(body, max_body, declared).await {
+        BodyRead::Complete(bytes) => bytes,
+        BodyRead::TooLarge(rest) => {
+            discard_in_background(rest);
             return refuse(invocation, ProblemKind::PayloadTooLarge, too_large(max_body));
         }
-        Err(e) => return refuse(invocation, ProblemKind::BadRequest, format!("cannot read the request body: {e}")),
+        BodyRead::Failed(e) => {
+            return refuse(invocation, ProblemKind::BadRequest, format!("cannot read the request body: {e}"));
+        }
     };
 
     prepare_headers(&mut parts.headers, &invocation);
@@ -115,6 +119,49 @@ pub async fn invoke(
             failure_response(&id, backend.as_str(), &error, queue)
         }
     }
+}
+
+enum BodyRead {
+    Complete(Bytes),
+    TooLarge(Incoming),
+    Failed(hyper::Error),
+}
+
+/// Reads the whole body, stopping as soon as it grows past `max`.
+async fn read_body(mut body: Incoming, max: u64, declared: Option<u64>) -> BodyRead {
+    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if (buffer.len() + data.len()) as u64 > max {
+                        return BodyRead::TooLarge(body);
+                    }
+                    buffer.extend_from_slice(&data);
+                }
+            }
+            Err(e) => return BodyRead::Failed(e),
+        }
+    }
+    BodyRead::Complete(buffer.freeze())
+}
+
+/// Most bytes of a refused body read and thrown away, and for how long.
+const DISCARD_BYTES: u64 = 64 << 20;
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops the rest of a refused body while the error response goes out, so a client
+/// still sending gets the response instead of a reset connection (nginx's "lingering close").
+fn discard_in_background(mut body: Incoming) {
+    tokio::spawn(tokio::time::timeout(DISCARD_TIME, async move {
+        let mut discarded = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if discarded > DISCARD_BYTES {
+                break;
+            }
+        }
+    }));
 }
 
 fn too_large(max: u64) -> String {

@@ -1,0 +1,152 @@
+//! Starts the real `amphi serve` on an ephemeral loopback port, and drives it over real HTTP and
+//! through the real CLI.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh data directory.
+    pub fn start(data: &Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// Starts a server with extra `serve` flags.
+    pub fn start_with(data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_amphi"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("AMPHI_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("amphi serve starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("serve printed its address before exiting").expect("utf-8 line");
+            if let Some(url) = line.strip_prefix("Amphi listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child: Some(child), url, data: data.to_path_buf(), http: reqwest::Client::new() }
+    }
+
+    /// Stops the server with SIGTERM and waits for it (graceful shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the server did not stop within 20s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn fn_url(&self, name: &str, path: &str) -> String {
+        format!("{}/fn/{name}{path}", self.url)
+    }
+
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}/v1{path}", self.url)).bearer_auth(TOKEN)
+    }
+
+    /// Uploads `wasm` and deploys it as `name` with `config`; returns the new version.
+    pub async fn deploy(&self, name: &str, wasm: &str, config: Value) -> Value {
+        let bytes = std::fs::read(wasm).expect("guest built");
+        let upload = self.admin(reqwest::Method::POST, "/artifacts").body(bytes).send().await.expect("upload");
+        assert!(upload.status().is_success(), "upload: {}", upload.text().await.unwrap_or_default());
+        let artifact: Value = upload.json().await.expect("json");
+        let deployed = self
+            .admin(reqwest::Method::PUT, &format!("/functions/{name}"))
+            .json(&json!({ "digest": artifact["digest"], "config": config }))
+            .send()
+            .await
+            .expect("deploy");
+        assert_eq!(deployed.status(), 201, "deploy");
+        deployed.json().await.expect("json")
+    }
+
+    /// Polls `GET /v1{path}` until `done` accepts the JSON answer (records are written in batches).
+    pub async fn wait_for(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value: Value = self
+                .admin(reqwest::Method::GET, path)
+                .send()
+                .await
+                .expect("admin GET")
+                .json()
+                .await
+                .expect("json");
+            if done(&value) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting on {path}: last answer {value}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The invocation record with `id`, once written.
+    pub async fn record(&self, id: &str) -> Value {
+        self.wait_for(&format!("/invocations/{id}"), |v| v.get("invocation").is_some()).await
+    }
+
+    /// Runs the `amphi` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_amphi"))
+            .args(args)
+            .env("AMPHI_URL", &self.url)
+            .env("AMPHI_TOKEN", TOKEN)
+            .env_remove("AMPHI_DATA")
+            .output()
+            .expect("the CLI runs")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
