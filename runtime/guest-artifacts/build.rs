@@ -28,7 +28,6 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root.join("target"))
         .join("wasm-guests");
-    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
 
     for watched in ["Cargo.toml", "Cargo.lock", "rust-http", "rust-cgi", "c-cgi"] {
         println!("cargo:rerun-if-changed={}", guests.join(watched).display());
@@ -42,14 +41,15 @@ fn main() {
     toolchain.build(&guests, &target_dir, "rust-http", None);
     let core = std::fs::read(wasm_dir.join("rust_http.wasm")).expect("rust-http was built");
     let component = componentize(&core);
-    let component_path = out_dir.join("rust-http.component.wasm");
+    // Beside the other guests, at a stable path the README's tour can name.
+    let component_path = target_dir.join("rust-http.component.wasm");
     std::fs::write(&component_path, component).expect("write component");
     export("RUST_HTTP_COMPONENT", &component_path);
 
     toolchain.build(&guests, &target_dir, "rust-cgi", Some("rust-cgi"));
     export("RUST_CGI_MODULE", &wasm_dir.join("rust-cgi.wasm"));
 
-    let c_cgi = out_dir.join("c-cgi.wasm");
+    let c_cgi = target_dir.join("c-cgi.wasm");
     build_c(&guests.join("c-cgi/echo.c"), &c_cgi);
     export("C_CGI_MODULE", &c_cgi);
 }
@@ -120,9 +120,7 @@ impl RustToolchain {
                 .env("RUSTC_BOOTSTRAP", "1")
                 .env(
                     "RUSTFLAGS",
-                    format!(
-                        "-C linker={DEBIAN_WASM_LD} -C link-self-contained=no -L {DEBIAN_WASI_LIBDIR}"
-                    ),
+                    format!("-C linker={DEBIAN_WASM_LD} -C link-self-contained=no -L {DEBIAN_WASI_LIBDIR}"),
                 )
                 .args(["-Zbuild-std=std,panic_abort"]);
             if command_bin.is_some() {

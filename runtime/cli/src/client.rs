@@ -36,7 +36,13 @@ impl Client {
         &self.base
     }
 
-    fn request(&self, method: Method, path: &str, body: Bytes, content_type: Option<&str>) -> Result<Request<Full<Bytes>>> {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<Request<Full<Bytes>>> {
         let mut builder = Request::builder().method(method).uri(format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -50,18 +56,22 @@ impl Client {
     /// Sends a request and reads the whole response (whatever its status).
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Reply> {
         let uri = request.uri().clone();
-        let response = self
-            .http
-            .request(request)
-            .await
-            .with_context(|| format!("cannot reach Amphi at {uri} (is `amphi serve` running? set AMPHI_URL)"))?;
+        let response = self.http.request(request).await.with_context(|| {
+            format!("cannot reach Amphi at {uri} (is `amphi serve` running? set AMPHI_URL)")
+        })?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.context("reading the response")?.to_bytes();
         Ok(Reply { status: parts.status, headers: parts.headers, body })
     }
 
     /// An admin API call; a non-2xx answer becomes an error with the problem's detail.
-    pub async fn admin(&self, method: Method, path: &str, body: Bytes, content_type: Option<&str>) -> Result<Reply> {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<Reply> {
         let reply = self.send(self.request(method, path, body, content_type)?).await?;
         if !reply.status.is_success() {
             bail!("{}", describe_failure(&reply));
@@ -76,19 +86,32 @@ impl Client {
     }
 
     /// An admin call with a JSON body, returning JSON.
-    pub async fn send_json(&self, method: Method, path: &str, value: &serde_json::Value) -> Result<serde_json::Value> {
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        value: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
         let body = Bytes::from(serde_json::to_vec(value)?);
         let reply = self.admin(method, path, body, Some("application/json")).await?;
         serde_json::from_slice(&reply.body).context("the server sent invalid JSON")
     }
 
     /// Calls a function through its HTTP trigger.
-    pub async fn invoke(&self, method: Method, path: &str, headers: &[(String, String)], body: Bytes) -> Result<Reply> {
+    pub async fn invoke(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<Reply> {
         let mut request = self.request(method, path, body, None)?;
         request.headers_mut().remove(http::header::AUTHORIZATION);
         for (name, value) in headers {
-            let name = http::HeaderName::from_bytes(name.as_bytes()).with_context(|| format!("bad header name `{name}`"))?;
-            let value = http::HeaderValue::from_str(value).with_context(|| format!("bad value for `{name}`"))?;
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .with_context(|| format!("bad header name `{name}`"))?;
+            let value =
+                http::HeaderValue::from_str(value).with_context(|| format!("bad value for `{name}`"))?;
             request.headers_mut().append(name, value);
         }
         self.send(request).await
@@ -98,7 +121,8 @@ impl Client {
     pub async fn stream_lines(&self, path: &str, mut on_line: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let request = self.request(Method::GET, path, Bytes::new(), None)?;
         let uri = request.uri().clone();
-        let response = self.http.request(request).await.with_context(|| format!("cannot reach Amphi at {uri}"))?;
+        let response =
+            self.http.request(request).await.with_context(|| format!("cannot reach Amphi at {uri}"))?;
         if !response.status().is_success() {
             let (parts, body) = response.into_parts();
             let body = body.collect().await?.to_bytes();

@@ -71,7 +71,8 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
     if !args.env.is_empty() {
         let mut env = serde_json::Map::new();
         for pair in &args.env {
-            let (key, value) = pair.split_once('=').with_context(|| format!("--env `{pair}` is not KEY=VALUE"))?;
+            let (key, value) =
+                pair.split_once('=').with_context(|| format!("--env `{pair}` is not KEY=VALUE"))?;
             env.insert(key.to_string(), json!(value));
         }
         config.insert("env".into(), Value::Object(env));
@@ -80,11 +81,16 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
         config.insert("allowed_outbound_hosts".into(), json!(args.allow_hosts));
     }
 
-    let reply = client.admin(Method::POST, "/v1/artifacts", Bytes::from(bytes), Some("application/wasm")).await?;
+    let reply =
+        client.admin(Method::POST, "/v1/artifacts", Bytes::from(bytes), Some("application/wasm")).await?;
     let artifact: Value = serde_json::from_slice(&reply.body).context("the server sent invalid JSON")?;
     let digest = artifact["digest"].as_str().context("the upload answer has no digest")?;
     let function = client
-        .send_json(Method::PUT, &format!("/v1/functions/{}", args.name), &json!({ "digest": digest, "config": config }))
+        .send_json(
+            Method::PUT,
+            &format!("/v1/functions/{}", args.name),
+            &json!({ "digest": digest, "config": config }),
+        )
         .await?;
     if args.json {
         println!("{function}");
@@ -131,7 +137,9 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<ExitCode> {
         None => Bytes::new(),
     };
     let method = match &args.method {
-        Some(m) => Method::from_bytes(m.to_uppercase().as_bytes()).with_context(|| format!("bad method `{m}`"))?,
+        Some(m) => {
+            Method::from_bytes(m.to_uppercase().as_bytes()).with_context(|| format!("bad method `{m}`"))?
+        }
         None if args.data.is_some() => Method::POST,
         None => Method::GET,
     };
@@ -139,7 +147,8 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<ExitCode> {
         .headers
         .iter()
         .map(|h| {
-            let (name, value) = h.split_once(':').with_context(|| format!("header `{h}` is not `Name: value`"))?;
+            let (name, value) =
+                h.split_once(':').with_context(|| format!("header `{h}` is not `Name: value`"))?;
             Ok((name.trim().to_string(), value.trim().to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -236,12 +245,16 @@ pub struct InvocationsArgs {
 }
 
 pub async fn invocations(client: &Client, args: InvocationsArgs) -> Result<ExitCode> {
-    let records = client.get_json(&format!("/v1/invocations?function={}&limit={}", args.name, args.limit)).await?;
+    let records =
+        client.get_json(&format!("/v1/invocations?function={}&limit={}", args.name, args.limit)).await?;
     if args.json {
         println!("{records}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<36}  {:<24}  {:>6}  {:<14}  {:>10}  {:<5}  {:<7}  PATH", "ID", "STARTED", "STATUS", "OUTCOME", "DURATION", "COLD", "BACKEND");
+    println!(
+        "{:<36}  {:<24}  {:>6}  {:<14}  {:>10}  {:<5}  {:<7}  PATH",
+        "ID", "STARTED", "STATUS", "OUTCOME", "DURATION", "COLD", "BACKEND"
+    );
     for record in records.as_array().into_iter().flatten() {
         println!(
             "{:<36}  {:<24}  {:>6}  {:<14}  {:>10}  {:<5}  {:<7}  {} {}",
@@ -265,7 +278,10 @@ pub async fn list(client: &Client, args: JsonFlag) -> Result<ExitCode> {
         println!("{functions}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24}  {:>7}  {:<20}  {:>8}  {:>8}  {:>11}", "NAME", "VERSION", "KIND", "TIMEOUT", "MEMORY", "CONCURRENCY");
+    println!(
+        "{:<24}  {:>7}  {:<20}  {:>8}  {:>8}  {:>11}",
+        "NAME", "VERSION", "KIND", "TIMEOUT", "MEMORY", "CONCURRENCY"
+    );
     for f in functions.as_array().into_iter().flatten() {
         let config = &f["config"];
         println!(
@@ -297,9 +313,19 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
     println!("timeout:      {}ms", config["timeout_ms"]);
     println!("memory:       {}", format_bytes(config["memory_bytes"].as_u64().unwrap_or(0)));
     println!("concurrency:  {}", config["concurrency"]);
-    let env: Vec<String> = config["env"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    let env: Vec<String> = config["env"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
     println!("env:          {}", if env.is_empty() { "(none)".into() } else { env.join(" ") });
-    let hosts: Vec<&str> = config["allowed_outbound_hosts"].as_array().into_iter().flatten().filter_map(|h| h.as_str()).collect();
+    let hosts: Vec<&str> = config["allowed_outbound_hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str())
+        .collect();
     println!("outbound:     {}", if hosts.is_empty() { "(denied)".into() } else { hosts.join(" ") });
     println!("versions:");
     for v in described["versions"].as_array().into_iter().flatten() {

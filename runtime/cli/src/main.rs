@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "amphi", version, about = "Serverless functions: WebAssembly and containers behind one gateway")]
+#[command(
+    name = "amphi",
+    version,
+    about = "Serverless functions: WebAssembly and containers behind one gateway"
+)]
 struct Cli {
     /// The server's URL.
     #[arg(long, global = true, env = "AMPHI_URL", default_value = "http://127.0.0.1:8080")]
@@ -82,7 +86,9 @@ fn main() -> ExitCode {
 
 /// The token a local `amphi serve` stored in its data directory (`AMPHI_DATA`, else `./amphi-data`).
 fn local_token() -> Option<String> {
-    let data = std::env::var_os("AMPHI_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(serve::DEFAULT_DATA));
+    let data = std::env::var_os("AMPHI_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(serve::DEFAULT_DATA));
     let token = std::fs::read_to_string(data.join("admin-token")).ok()?;
     Some(token.trim().to_string()).filter(|t| !t.is_empty())
 }

@@ -26,13 +26,24 @@ async fn admin_errors() {
     let missing = server.http.get(format!("{}/v1/functions", server.url)).send().await.expect("call");
     assert_eq!(header(&missing, "www-authenticate"), "Bearer");
     problem(missing, 401).await;
-    let wrong = server.http.get(format!("{}/v1/functions", server.url)).bearer_auth("nope").send().await.expect("call");
+    let wrong = server
+        .http
+        .get(format!("{}/v1/functions", server.url))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .expect("call");
     problem(wrong, 401).await;
 
     let not_wasm = server.admin(Method::POST, "/artifacts").body("hello").send().await.expect("call");
     let body = problem(not_wasm, 422).await;
     assert!(body["detail"].as_str().expect("detail").contains("not a WebAssembly binary"));
-    let truncated = server.admin(Method::POST, "/artifacts").body(&b"\0asm\x01\0\0\0\x01"[..]).send().await.expect("call");
+    let truncated = server
+        .admin(Method::POST, "/artifacts")
+        .body(&b"\0asm\x01\0\0\0\x01"[..])
+        .send()
+        .await
+        .expect("call");
     problem(truncated, 422).await;
     let empty = server.admin(Method::POST, "/artifacts").send().await.expect("call");
     problem(empty, 400).await;
@@ -44,7 +55,8 @@ async fn admin_errors() {
         .await
         .expect("call");
     problem(unknown_digest, 422).await;
-    let bad_name = server.admin(Method::PUT, "/functions/Bad.Name").json(&json!({ "digest": "x" })).send().await;
+    let bad_name =
+        server.admin(Method::PUT, "/functions/Bad.Name").json(&json!({ "digest": "x" })).send().await;
     problem(bad_name.expect("call"), 400).await;
     let typo = server
         .admin(Method::PUT, "/functions/x")
@@ -58,7 +70,8 @@ async fn admin_errors() {
     let too_much_memory =
         server.admin(Method::PATCH, "/functions/f").json(&json!({ "memory_bytes": 1u64 << 40 })).send().await;
     problem(too_much_memory.expect("call"), 422).await;
-    let zero_timeout = server.admin(Method::PATCH, "/functions/f").json(&json!({ "timeout_ms": 0 })).send().await;
+    let zero_timeout =
+        server.admin(Method::PATCH, "/functions/f").json(&json!({ "timeout_ms": 0 })).send().await;
     problem(zero_timeout.expect("call"), 422).await;
     let wrong_method = server.admin(Method::POST, "/functions/f").send().await.expect("call");
     problem(wrong_method, 405).await;
@@ -68,7 +81,8 @@ async fn admin_errors() {
     problem(bad_limit, 400).await;
 
     // A refused request changed nothing.
-    let described: Value = server.admin(Method::GET, "/functions/f").send().await.expect("call").json().await.expect("json");
+    let described: Value =
+        server.admin(Method::GET, "/functions/f").send().await.expect("call").json().await.expect("json");
     assert_eq!(described["function"]["version"], 1);
 }
 
@@ -92,7 +106,13 @@ async fn call_errors_have_their_status_and_record() {
         let record = server.record(&id).await;
         assert_eq!(record["invocation"]["outcome"], "function_error");
         assert_eq!(record["invocation"]["status"], 502);
-        assert!(record["logs"].as_array().expect("lines").iter().any(|l| l["line"] == "the guest was asked to trap"));
+        assert!(
+            record["logs"]
+                .as_array()
+                .expect("lines")
+                .iter()
+                .any(|l| l["line"] == "the guest was asked to trap")
+        );
 
         let started = Instant::now();
         let spin = server.http.get(server.fn_url(function, "/loop")).send().await.expect("call");
@@ -116,14 +136,17 @@ async fn call_errors_have_their_status_and_record() {
     assert_eq!(within.status(), 200);
 
     // Too large, declared up front or only found while reading a chunked body.
-    let declared = server.http.post(server.fn_url("f", "/echo")).body(vec![0u8; 3 << 20]).send().await.expect("call");
+    let declared =
+        server.http.post(server.fn_url("f", "/echo")).body(vec![0u8; 3 << 20]).send().await.expect("call");
     let id = header(&declared, "amphi-invocation-id").to_string();
     problem(declared, 413).await;
     assert_eq!(server.record(&id).await["invocation"]["outcome"], "platform_error");
     let chunks = tokio_stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(vec![1u8; 1 << 20])));
-    let chunked = server.http.post(server.fn_url("f", "/echo")).body(reqwest::Body::wrap_stream(chunks)).send().await;
+    let chunked =
+        server.http.post(server.fn_url("f", "/echo")).body(reqwest::Body::wrap_stream(chunks)).send().await;
     problem(chunked.expect("call"), 413).await;
-    let fits = server.http.post(server.fn_url("f", "/echo")).body(vec![0u8; 1 << 20]).send().await.expect("call");
+    let fits =
+        server.http.post(server.fn_url("f", "/echo")).body(vec![0u8; 1 << 20]).send().await.expect("call");
     assert_eq!(fits.status(), 200);
 }
 

@@ -49,7 +49,8 @@ async fn wasi_http_component_end_to_end() {
     let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
     let megabyte: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     for body in [binary, Vec::new(), megabyte] {
-        let response = server.http.post(server.fn_url("hello", "/echo")).body(body.clone()).send().await.expect("call");
+        let response =
+            server.http.post(server.fn_url("hello", "/echo")).body(body.clone()).send().await.expect("call");
         assert_eq!(response.status(), 200);
         assert_eq!(response.bytes().await.expect("body").as_ref(), body.as_slice());
     }
@@ -70,7 +71,8 @@ async fn wasi_http_component_end_to_end() {
     let id = header(&response, "amphi-invocation-id").to_string();
     let seen: Value = response.json().await.expect("json");
     let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).expect("pairs");
-    let values = |name: &str| headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    let values =
+        |name: &str| headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
     assert_eq!(seen["path_with_query"], "/inspect?q");
     assert_eq!(values("x-custom"), ["one", "two"]);
     assert_eq!(values("traceparent"), [traceparent]);
@@ -78,20 +80,37 @@ async fn wasi_http_component_end_to_end() {
     assert_eq!(values("amphi-function-version"), ["1"]);
     assert_eq!(values("amphi-invocation-id"), [id.as_str()]);
     let deadline: u64 = values("amphi-deadline-ms")[0].parse().expect("a number");
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
     assert!(deadline > now_ms && deadline <= now_ms + 30_000 + 1000, "30s default timeout");
 
     // Env is granted by config only.
-    let env: Value = server.http.get(server.fn_url("hello", "/env")).send().await.expect("call").json().await.expect("json");
+    let env: Value = server
+        .http
+        .get(server.fn_url("hello", "/env"))
+        .send()
+        .await
+        .expect("call")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(env, json!({ "GREETING": "hi" }));
 
     // Streamed responses arrive whole; statuses chosen by the function pass through.
     let streamed = server.http.get(server.fn_url("hello", "/stream?chunks=5")).send().await.expect("call");
-    assert_eq!(streamed.text().await.expect("body"), (0..5).map(|i| format!("chunk {i}\n")).collect::<String>());
+    assert_eq!(
+        streamed.text().await.expect("body"),
+        (0..5).map(|i| format!("chunk {i}\n")).collect::<String>()
+    );
     for code in [201, 204, 301, 404, 418, 500, 503] {
-        let response = server.http.get(server.fn_url("hello", &format!("/status/{code}"))).send().await.expect("call");
+        let response =
+            server.http.get(server.fn_url("hello", &format!("/status/{code}"))).send().await.expect("call");
         assert_eq!(response.status().as_u16(), code);
-        assert_eq!(header(&response, "amphi-backend"), "wasm", "a function's own {code} is not a platform error");
+        assert_eq!(
+            header(&response, "amphi-backend"),
+            "wasm",
+            "a function's own {code} is not a platform error"
+        );
     }
 }
 
@@ -112,7 +131,10 @@ async fn cgi_modules_end_to_end() {
     for method in METHODS {
         let response = server
             .http
-            .request(Method::from_bytes(method.as_bytes()).expect("method"), server.fn_url("cgi", "/echo?a=1&b=%20"))
+            .request(
+                Method::from_bytes(method.as_bytes()).expect("method"),
+                server.fn_url("cgi", "/echo?a=1&b=%20"),
+            )
             .body(vec![0u8, 1, 2, 255])
             .send()
             .await
@@ -123,7 +145,8 @@ async fn cgi_modules_end_to_end() {
         assert_eq!(response.bytes().await.expect("body").as_ref(), [0u8, 1, 2, 255]);
     }
     let megabyte = vec![7u8; 1 << 20];
-    let response = server.http.put(server.fn_url("cgi", "/echo")).body(megabyte.clone()).send().await.expect("call");
+    let response =
+        server.http.put(server.fn_url("cgi", "/echo")).body(megabyte.clone()).send().await.expect("call");
     assert_eq!(response.bytes().await.expect("body").len(), megabyte.len());
     let empty = server.http.post(server.fn_url("cgi", "/echo")).send().await.expect("call");
     assert_eq!(empty.bytes().await.expect("body").len(), 0);
@@ -190,7 +213,8 @@ async fn concurrent_calls_are_isolated() {
         async move {
             let state = http.get(state).send().await.expect("call").text().await.expect("body");
             let body = format!("caller {i}");
-            let echoed = http.post(echo).body(body.clone()).send().await.expect("call").text().await.expect("body");
+            let echoed =
+                http.post(echo).body(body.clone()).send().await.expect("call").text().await.expect("body");
             (state, body, echoed)
         }
     });
@@ -201,7 +225,9 @@ async fn concurrent_calls_are_isolated() {
     }
 }
 
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {

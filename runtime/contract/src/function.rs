@@ -143,10 +143,8 @@ mod tests {
         assert!(serde_json::from_str::<FunctionConfig>(r#"{"timout_ms":5}"#).is_err());
         let zero = FunctionConfig { timeout_ms: 0, ..Default::default() };
         assert!(zero.validate().is_err());
-        let bad_env = FunctionConfig {
-            env: [("A=B".to_string(), "x".to_string())].into(),
-            ..Default::default()
-        };
+        let bad_env =
+            FunctionConfig { env: [("A=B".to_string(), "x".to_string())].into(), ..Default::default() };
         assert!(bad_env.validate().is_err());
     }
 }

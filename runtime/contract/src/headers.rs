@@ -30,12 +30,11 @@ pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 pub const RESERVED_PREFIX: &str = "amphi-";
 
 /// Formats `Server-Timing` from the phase durations.
-pub fn server_timing(queue: std::time::Duration, init: std::time::Duration, exec: std::time::Duration) -> String {
+pub fn server_timing(
+    queue: std::time::Duration,
+    init: std::time::Duration,
+    exec: std::time::Duration,
+) -> String {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    format!(
-        "queue;dur={:.3}, init;dur={:.3}, exec;dur={:.3}",
-        ms(queue),
-        ms(init),
-        ms(exec)
-    )
+    format!("queue;dur={:.3}, init;dur={:.3}, exec;dur={:.3}", ms(queue), ms(init), ms(exec))
 }

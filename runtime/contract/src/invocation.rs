@@ -79,12 +79,7 @@ impl Invocation {
         let admitted = Instant::now();
         let start_us = now_unix_us();
         let timeout = function.config.timeout();
-        let log = LogCapture::new(
-            sink.clone(),
-            function.name.clone(),
-            id.clone(),
-            log_limit_bytes,
-        );
+        let log = LogCapture::new(sink.clone(), function.name.clone(), id.clone(), log_limit_bytes);
         Self {
             id,
             deadline: admitted + timeout,
@@ -144,7 +139,9 @@ impl Drop for Invocation {
                 backend: BackendKind::Wasm,
                 status: 499,
                 outcome: Outcome::PlatformError,
-                error: Some("the call was abandoned before it finished (client gone or server stopping)".into()),
+                error: Some(
+                    "the call was abandoned before it finished (client gone or server stopping)".into(),
+                ),
                 cold_start: false,
                 init: None,
             });

@@ -19,7 +19,9 @@ pub mod problem;
 pub mod record;
 pub mod size;
 
-pub use backend::{Backend, BackendError, BackendResponse, BoxError, ConnectionInfo, InvokeFuture, ResponseBody};
+pub use backend::{
+    Backend, BackendError, BackendResponse, BoxError, ConnectionInfo, InvokeFuture, ResponseBody,
+};
 pub use function::{ArtifactKind, FunctionConfig, FunctionVersion};
 pub use invocation::{Finish, Invocation, LogCapture, TelemetrySink};
 pub use problem::{Problem, ProblemKind};

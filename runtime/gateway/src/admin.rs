@@ -38,9 +38,16 @@ const MAX_LIMIT: usize = 10_000;
 const MAX_JSON_BODY: usize = 1 << 20;
 
 /// Serves one admin request; `path` is what follows `/v1`.
-pub async fn handle(platform: &Arc<Platform>, request: Request<Incoming>, path: &str) -> Response<ResponseBody> {
+pub async fn handle(
+    platform: &Arc<Platform>,
+    request: Request<Incoming>,
+    path: &str,
+) -> Response<ResponseBody> {
     if !authorized(platform, &request) {
-        return problem_of(ProblemKind::Unauthorized, "send `Authorization: Bearer <token>` with the admin token");
+        return problem_of(
+            ProblemKind::Unauthorized,
+            "send `Authorization: Bearer <token>` with the admin token",
+        );
     }
     match route(platform, request, path).await {
         Ok(response) => response,
@@ -64,7 +71,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn route(platform: &Arc<Platform>, request: Request<Incoming>, path: &str) -> Result<Response<ResponseBody>, Problem> {
+async fn route(
+    platform: &Arc<Platform>,
+    request: Request<Incoming>,
+    path: &str,
+) -> Result<Response<ResponseBody>, Problem> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let query = query_params(request.uri().query());
     let method = request.method().clone();
@@ -75,16 +86,29 @@ async fn route(platform: &Arc<Platform>, request: Request<Incoming>, path: &str)
         (&Method::PUT, ["functions", name]) => deploy(platform, name, request).await,
         (&Method::PATCH, ["functions", name]) => update(platform, name, request).await,
         (&Method::DELETE, ["functions", name]) => match platform.delete(name.to_string()).await? {
-            true => Ok(Response::builder().status(StatusCode::NO_CONTENT).body(respond::empty()).map_err(internal)?),
+            true => Ok(Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(respond::empty())
+                .map_err(internal)?),
             false => Err(not_found(name)),
         },
         (&Method::GET, ["logs"]) => logs(platform, &query).await,
         (&Method::GET, ["invocations"]) => invocations(platform, &query).await,
         (&Method::GET, ["invocations", id]) => invocation(platform, id).await,
         (&Method::GET, ["stats"]) => Ok(stats(platform)),
-        (_, ["artifacts"] | ["functions"] | ["functions", _] | ["logs"] | ["invocations"] | ["invocations", _] | ["stats"]) => {
-            Err(Problem::new(ProblemKind::MethodNotAllowed, format!("{method} is not allowed on /v1/{}", segments.join("/"))))
-        }
+        (
+            _,
+            ["artifacts"]
+            | ["functions"]
+            | ["functions", _]
+            | ["logs"]
+            | ["invocations"]
+            | ["invocations", _]
+            | ["stats"],
+        ) => Err(Problem::new(
+            ProblemKind::MethodNotAllowed,
+            format!("{method} is not allowed on /v1/{}", segments.join("/")),
+        )),
         _ => Err(Problem::new(ProblemKind::NotFound, format!("no admin route /v1{path}"))),
     }
 }
@@ -102,10 +126,14 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Pr
 
 async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, Problem> {
     let body = read_body(request, MAX_JSON_BODY).await?;
-    serde_json::from_slice(&body).map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid JSON: {e}")))
 }
 
-async fn upload(platform: &Arc<Platform>, request: Request<Incoming>) -> Result<Response<ResponseBody>, Problem> {
+async fn upload(
+    platform: &Arc<Platform>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Problem> {
     let body = read_body(request, platform.config.max_upload_bytes as usize).await?;
     if body.is_empty() {
         return Err(Problem::new(ProblemKind::BadRequest, "the upload is empty"));
@@ -122,13 +150,21 @@ struct DeployRequest {
     config: FunctionConfig,
 }
 
-async fn deploy(platform: &Arc<Platform>, name: &str, request: Request<Incoming>) -> Result<Response<ResponseBody>, Problem> {
+async fn deploy(
+    platform: &Arc<Platform>,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Problem> {
     let DeployRequest { digest, config } = read_json(request).await?;
     let function = platform.deploy(name.to_string(), digest, config).await?;
     Ok(json(StatusCode::CREATED, &function))
 }
 
-async fn update(platform: &Arc<Platform>, name: &str, request: Request<Incoming>) -> Result<Response<ResponseBody>, Problem> {
+async fn update(
+    platform: &Arc<Platform>,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Problem> {
     let changes: serde_json::Map<String, serde_json::Value> = read_json(request).await?;
     let current = platform.route(name).ok_or_else(|| not_found(name))?.function;
     let mut config = serde_json::to_value(&current.config).map_err(internal)?;
@@ -147,7 +183,10 @@ async fn describe(platform: &Arc<Platform>, name: &str) -> Result<Response<Respo
     Ok(json(StatusCode::OK, &json!({ "function": current, "versions": versions })))
 }
 
-async fn logs(platform: &Arc<Platform>, query: &HashMap<String, String>) -> Result<Response<ResponseBody>, Problem> {
+async fn logs(
+    platform: &Arc<Platform>,
+    query: &HashMap<String, String>,
+) -> Result<Response<ResponseBody>, Problem> {
     let log_query = LogQuery {
         function: query.get("function").cloned(),
         invocation_id: query.get("invocation").cloned(),
@@ -163,7 +202,10 @@ async fn logs(platform: &Arc<Platform>, query: &HashMap<String, String>) -> Resu
     Ok(json(StatusCode::OK, &lines))
 }
 
-async fn invocations(platform: &Arc<Platform>, query: &HashMap<String, String>) -> Result<Response<ResponseBody>, Problem> {
+async fn invocations(
+    platform: &Arc<Platform>,
+    query: &HashMap<String, String>,
+) -> Result<Response<ResponseBody>, Problem> {
     let record_query = InvocationQuery {
         function: query.get("function").cloned(),
         id: query.get("id").cloned(),
@@ -180,12 +222,15 @@ async fn invocation(platform: &Arc<Platform>, id: &str) -> Result<Response<Respo
     let store = platform.logs.clone();
     let key = id.to_string();
     let (record, lines) = blocking(move || {
-        let record = store.invocations(&InvocationQuery { id: Some(key.clone()), limit: 1, ..Default::default() })?;
-        let lines = store.logs(&LogQuery { invocation_id: Some(key), limit: MAX_LIMIT, ..Default::default() })?;
+        let record =
+            store.invocations(&InvocationQuery { id: Some(key.clone()), limit: 1, ..Default::default() })?;
+        let lines =
+            store.logs(&LogQuery { invocation_id: Some(key), limit: MAX_LIMIT, ..Default::default() })?;
         Ok((record.into_iter().next(), lines))
     })
     .await?;
-    let record = record.ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("no invocation `{id}`")))?;
+    let record =
+        record.ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("no invocation `{id}`")))?;
     Ok(json(StatusCode::OK, &json!({ "invocation": record, "logs": lines })))
 }
 
@@ -217,7 +262,10 @@ fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Problem> {
         None => Ok(DEFAULT_LIMIT),
         Some(text) => match text.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(Problem::new(ProblemKind::BadRequest, format!("limit must be 1 to {MAX_LIMIT}, got `{text}`"))),
+            _ => Err(Problem::new(
+                ProblemKind::BadRequest,
+                format!("limit must be 1 to {MAX_LIMIT}, got `{text}`"),
+            )),
         },
     }
 }
@@ -236,7 +284,9 @@ fn parse_since(text: &str) -> Result<u64, Problem> {
     }
     Err(Problem::new(
         ProblemKind::BadRequest,
-        format!("since must be a duration (10m), an RFC 3339 time or microseconds since the epoch, got `{text}`"),
+        format!(
+            "since must be a duration (10m), an RFC 3339 time or microseconds since the epoch, got `{text}`"
+        ),
     ))
 }
 
@@ -263,16 +313,18 @@ fn decode_component(text: &str) -> String {
                 out.push(b' ');
                 i += 1;
             }
-            b'%' => match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 3;
+            b'%' => {
+                match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                    (Some(high), Some(low)) => {
+                        out.push(high << 4 | low);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
                 }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
+            }
             byte => {
                 out.push(byte);
                 i += 1;

@@ -53,7 +53,14 @@ async fn follow(
         let event = match event {
             Ok(event) => event,
             Err(RecvError::Lagged(_)) => {
-                if !catch_up(&platform, &LogQuery { after_seq: Some(last_seq), ..query.clone() }, &mut last_seq, &sender).await {
+                if !catch_up(
+                    &platform,
+                    &LogQuery { after_seq: Some(last_seq), ..query.clone() },
+                    &mut last_seq,
+                    &sender,
+                )
+                .await
+                {
                     return;
                 }
                 continue;
@@ -75,7 +82,12 @@ async fn follow(
 }
 
 /// Sends what the store has for `query`; false when the client is gone or the store failed.
-async fn catch_up(platform: &Arc<Platform>, query: &LogQuery, last_seq: &mut u64, sender: &mpsc::Sender<Chunk>) -> bool {
+async fn catch_up(
+    platform: &Arc<Platform>,
+    query: &LogQuery,
+    last_seq: &mut u64,
+    sender: &mpsc::Sender<Chunk>,
+) -> bool {
     let store = platform.logs.clone();
     let backlog_query = query.clone();
     let Ok(lines) = blocking(move || store.logs(&backlog_query)).await else {

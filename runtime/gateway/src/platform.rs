@@ -180,7 +180,7 @@ impl Platform {
             Ok(Ok(platform.registry.deploy(&name, &digest, &config)?))
         })
         .await??;
-        self.install_route(function.clone()).map_err(|e| internal(e))?;
+        self.install_route(function.clone()).map_err(internal)?;
         Ok(function)
     }
 
@@ -190,7 +190,9 @@ impl Platform {
         let platform = self.clone();
         let key = name.clone();
         let existed = blocking(move || platform.registry.delete(&key)).await?;
-        if let Some(route) = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name) {
+        if let Some(route) =
+            self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name)
+        {
             route.backend.retire(&name);
         }
         Ok(existed)
@@ -209,8 +211,11 @@ impl Platform {
             backend,
         };
         let name = route.function.name.clone();
-        let previous =
-            self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), route);
+        let previous = self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.clone(), route);
         if let Some(previous) = previous {
             previous.backend.retire(&name);
         }

@@ -39,7 +39,11 @@ pub fn problem_of(kind: ProblemKind, detail: impl Into<String>) -> Response<Resp
     problem(Problem::new(kind, detail))
 }
 
-fn with_content_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<ResponseBody> {
+fn with_content_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<ResponseBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -34,13 +34,16 @@ impl Server {
         let (platform, token_source) = tokio::task::spawn_blocking(move || Platform::open(config))
             .await
             .map_err(|e| GatewayError::Startup(e.to_string()))??;
-        let listener = TcpListener::bind(listen).await.map_err(|source| GatewayError::Bind { addr: listen, source })?;
+        let listener =
+            TcpListener::bind(listen).await.map_err(|source| GatewayError::Bind { addr: listen, source })?;
         Ok(Self { platform: Arc::new(platform), listener, token_source })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> Result<SocketAddr, GatewayError> {
-        self.listener.local_addr().map_err(|source| GatewayError::Bind { addr: self.platform.config.listen, source })
+        self.listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr: self.platform.config.listen, source })
     }
 
     /// The admin token and where it came from.
@@ -51,7 +54,9 @@ impl Server {
     /// Serves until `shutdown` completes, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Self { platform, listener, .. } = self;
-        let local = listener.local_addr().map_err(|source| GatewayError::Bind { addr: platform.config.listen, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr: platform.config.listen, source })?;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -80,7 +85,8 @@ impl Server {
                 let platform = platform.clone();
                 async move { Ok::<_, Infallible>(dispatch(&platform, request, connection).await) }
             });
-            let serving = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+            let serving =
+                graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
             tokio::spawn(async move {
                 if let Err(error) = serving.await {
                     tracing::debug!(%error, %remote, "connection ended with an error");
@@ -99,7 +105,11 @@ impl Server {
     }
 }
 
-async fn dispatch(platform: &Arc<Platform>, request: Request<Incoming>, connection: ConnectionInfo) -> Response<ResponseBody> {
+async fn dispatch(
+    platform: &Arc<Platform>,
+    request: Request<Incoming>,
+    connection: ConnectionInfo,
+) -> Response<ResponseBody> {
     let path = request.uri().path().to_string();
     if let Some((name, rest)) = trigger::split_trigger_path(&path) {
         return trigger::invoke(platform, request, name, rest, connection).await;

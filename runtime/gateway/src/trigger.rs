@@ -66,16 +66,15 @@ pub async fn invoke(
     };
 
     let Ok(permit) = route.capacity.clone().try_acquire_owned() else {
-        let detail = format!(
-            "function `{name}` is at its concurrency limit of {}",
-            route.function.config.concurrency
-        );
+        let detail =
+            format!("function `{name}` is at its concurrency limit of {}", route.function.config.concurrency);
         return refuse(invocation, ProblemKind::OverCapacity, detail);
     };
     let queue = received.elapsed();
 
     let max_body = platform.config.max_body_bytes;
-    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared =
+        parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > max_body) {
         discard_in_background(body);
         return refuse(invocation, ProblemKind::PayloadTooLarge, too_large(max_body));
@@ -110,7 +109,13 @@ pub async fn invoke(
         Ok(BackendResponse { response, cold_start, init }) => {
             let exec = dispatched.elapsed().saturating_sub(init);
             let (mut parts, body) = response.into_parts();
-            insert_contract_headers(&mut parts.headers, &id, backend.as_str(), cold_start, (queue, init, exec));
+            insert_contract_headers(
+                &mut parts.headers,
+                &id,
+                backend.as_str(),
+                cold_start,
+                (queue, init, exec),
+            );
             let body = PermitBody { inner: body, _permit: permit }.boxed_unsync();
             Response::from_parts(parts, body)
         }
@@ -170,7 +175,8 @@ fn too_large(max: u64) -> String {
 
 /// Removes the caller's `amphi-*` headers (only the platform sets those) and adds the metadata.
 fn prepare_headers(headers: &mut HeaderMap, invocation: &Invocation) {
-    let reserved: Vec<_> = headers.keys().filter(|n| n.as_str().starts_with(RESERVED_PREFIX)).cloned().collect();
+    let reserved: Vec<_> =
+        headers.keys().filter(|n| n.as_str().starts_with(RESERVED_PREFIX)).cloned().collect();
     for name in reserved {
         headers.remove(name);
     }
@@ -205,10 +211,21 @@ fn insert_contract_headers(
     }
 }
 
-fn failure_response(id: &str, backend: &'static str, error: &BackendError, queue: Duration) -> Response<ResponseBody> {
+fn failure_response(
+    id: &str,
+    backend: &'static str,
+    error: &BackendError,
+    queue: Duration,
+) -> Response<ResponseBody> {
     let mut response = respond::problem(Problem::new(error.kind, error.detail.clone()).with_instance(id));
     let init = error.init.unwrap_or_default();
-    insert_contract_headers(response.headers_mut(), id, backend, error.cold_start, (queue, init, Duration::ZERO));
+    insert_contract_headers(
+        response.headers_mut(),
+        id,
+        backend,
+        error.cold_start,
+        (queue, init, Duration::ZERO),
+    );
     response
 }
 
@@ -222,7 +239,10 @@ impl Body for PermitBody {
     type Data = Bytes;
     type Error = amphi_contract::BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

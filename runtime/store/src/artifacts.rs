@@ -26,7 +26,9 @@ impl Artifacts {
     /// Opens the artifact folders of a data directory.
     pub fn open(data: &crate::DataDir) -> Result<Self, StoreError> {
         let open = |name: &str| {
-            data.dir().open_dir(name).map_err(|source| StoreError::Io { what: format!("opening {name}"), source })
+            data.dir()
+                .open_dir(name)
+                .map_err(|source| StoreError::Io { what: format!("opening {name}"), source })
         };
         Ok(Self { sources: open(SOURCES)?, compiled: open(COMPILED)? })
     }

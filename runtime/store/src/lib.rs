@@ -98,7 +98,12 @@ impl DataDir {
 
 /// Writes `bytes` to `name` in `dir` so that it is complete and on disk when this returns:
 /// a temporary file, fsync, rename over the name, fsync of the directory.
-pub(crate) fn write_durably(dir: &Dir, name: &str, bytes: &[u8], mode: Option<u32>) -> Result<(), StoreError> {
+pub(crate) fn write_durably(
+    dir: &Dir,
+    name: &str,
+    bytes: &[u8],
+    mode: Option<u32>,
+) -> Result<(), StoreError> {
     let temp = format!("{name}.tmp-{}", std::process::id());
     let mut options = cap_std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

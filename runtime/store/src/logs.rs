@@ -170,12 +170,7 @@ impl LogStore {
             .name("amphi-log-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|source| StoreError::Io { what: "starting the log writer".into(), source })?;
-        Ok(Self {
-            queue,
-            reader: Mutex::new(reader),
-            events,
-            dropped: AtomicU64::new(0),
-        })
+        Ok(Self { queue, reader: Mutex::new(reader), events, dropped: AtomicU64::new(0) })
     }
 
     /// Waits until everything queued before this call is committed. Blocking.
@@ -518,16 +513,28 @@ mod tests {
         store.invocation(record("a", "a1"));
         store.flush().expect("flush");
 
-        let last3 = store.logs(&LogQuery { function: Some("a".into()), limit: 3, ..Default::default() }).expect("q");
-        assert_eq!(last3.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["a line 7", "a line 8", "a line 9"]);
-        let of_a1 =
-            store.logs(&LogQuery { invocation_id: Some("a1".into()), limit: 100, ..Default::default() }).expect("q");
+        let last3 =
+            store.logs(&LogQuery { function: Some("a".into()), limit: 3, ..Default::default() }).expect("q");
+        assert_eq!(
+            last3.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+            ["a line 7", "a line 8", "a line 9"]
+        );
+        let of_a1 = store
+            .logs(&LogQuery { invocation_id: Some("a1".into()), limit: 100, ..Default::default() })
+            .expect("q");
         assert_eq!(of_a1.len(), 5);
-        let since = store.logs(&LogQuery { since_us: Some(now + 8), limit: 100, ..Default::default() }).expect("q");
+        let since =
+            store.logs(&LogQuery { since_us: Some(now + 8), limit: 100, ..Default::default() }).expect("q");
         assert_eq!(since.len(), 4, "two functions, two timestamps");
-        let records =
-            store.invocations(&InvocationQuery { function: Some("a".into()), limit: 10, ..Default::default() });
-        assert_eq!(records.expect("q").iter().map(|r| r.record.id.as_str()).collect::<Vec<_>>(), ["a1", "a0"]);
+        let records = store.invocations(&InvocationQuery {
+            function: Some("a".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(
+            records.expect("q").iter().map(|r| r.record.id.as_str()).collect::<Vec<_>>(),
+            ["a1", "a0"]
+        );
         drop(store);
 
         let store = LogStore::open(&data, LogStoreConfig::default()).expect("reopen");
@@ -553,7 +560,8 @@ mod tests {
         store.flush().expect("flush");
         drop(store);
         // Retention runs when the writer starts.
-        let store = LogStore::open(&data, LogStoreConfig { max_lines: 5, ..Default::default() }).expect("reopen");
+        let store =
+            LogStore::open(&data, LogStoreConfig { max_lines: 5, ..Default::default() }).expect("reopen");
         store.flush().expect("flush");
         let kept = store.logs(&LogQuery { limit: 100, ..Default::default() }).expect("q");
         assert_eq!(kept.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["15", "16", "17", "18", "19"]);

@@ -83,11 +83,17 @@ impl Registry {
     }
 
     /// Makes a new version of `name` (version 1 if it is new) and makes it current.
-    pub fn deploy(&self, name: &str, digest: &str, config: &FunctionConfig) -> Result<FunctionVersion, StoreError> {
+    pub fn deploy(
+        &self,
+        name: &str,
+        digest: &str,
+        config: &FunctionConfig,
+    ) -> Result<FunctionVersion, StoreError> {
         let config_json = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let kind: String = tx.query_row("SELECT kind FROM artifacts WHERE digest = ?1", [digest], |r| r.get(0))?;
+        let kind: String =
+            tx.query_row("SELECT kind FROM artifacts WHERE digest = ?1", [digest], |r| r.get(0))?;
         let version: i64 = tx.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?1",
             [name],

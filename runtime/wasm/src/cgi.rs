@@ -41,8 +41,7 @@ pub async fn invoke(
     let init_started = Instant::now();
     let config = &invocation.function.config;
     let (parts, body) = request.into_parts();
-    let mut env: Vec<(String, String)> =
-        config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: Vec<(String, String)> = config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     env.extend(meta_variables(&parts, body.len(), &invocation.function.name));
 
     let stdout = MemoryOutputPipe::new(max_response_bytes);
@@ -52,7 +51,8 @@ pub async fn invoke(
         .stdin(MemoryInputPipe::new(body))
         .stdout(stdout.clone())
         .stderr(LogOutput::new(invocation.log.clone(), LogStream::Stderr));
-    let state = CgiState { wasi: wasi.build_p1(), limits: CallLimits::new(config.memory_bytes, invocation.deadline) };
+    let state =
+        CgiState { wasi: wasi.build_p1(), limits: CallLimits::new(config.memory_bytes, invocation.deadline) };
     let mut store = new_store(pre.module().engine(), state, |s| &mut s.limits);
 
     let mut init = None;
@@ -81,8 +81,9 @@ pub async fn invoke(
     };
     drop(store);
     let response = match failure {
-        None => parse_response(stdout.contents())
-            .map_err(|why| BackendError::new(ProblemKind::FunctionFailed, format!("malformed CGI response: {why}"))),
+        None => parse_response(stdout.contents()).map_err(|why| {
+            BackendError::new(ProblemKind::FunctionFailed, format!("malformed CGI response: {why}"))
+        }),
         Some(error) => Err(error),
     };
     let cold_start = code_load.is_some();
@@ -97,7 +98,9 @@ pub async fn invoke(
                 init,
             });
             Ok(BackendResponse {
-                response: response.map(|body| Full::new(body).map_err(|never| -> BoxError { match never {} }).boxed_unsync()),
+                response: response.map(|body| {
+                    Full::new(body).map_err(|never| -> BoxError { match never {} }).boxed_unsync()
+                }),
                 cold_start,
                 init: init.unwrap_or_default(),
             })
@@ -146,7 +149,8 @@ fn meta_variables(parts: &http::request::Parts, body_len: usize, function: &str)
         if name == http::header::CONTENT_TYPE || name == http::header::CONTENT_LENGTH {
             continue;
         }
-        let values: Vec<_> = parts.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
+        let values: Vec<_> =
+            parts.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
         let key = format!("HTTP_{}", name.as_str().to_ascii_uppercase().replace('-', "_"));
         vars.push((key, values.join(", ")));
     }
@@ -189,11 +193,13 @@ fn parse_response(output: Bytes) -> Result<http::Response<Bytes>, String> {
         let value = value.trim();
         if name.eq_ignore_ascii_case("status") {
             let code = value.split_whitespace().next().unwrap_or("");
-            let code = http::StatusCode::from_bytes(code.as_bytes()).map_err(|_| format!("bad Status `{value}`"))?;
+            let code =
+                http::StatusCode::from_bytes(code.as_bytes()).map_err(|_| format!("bad Status `{value}`"))?;
             status = Some(code);
             continue;
         }
-        let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("bad header name `{name}`"))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("bad header name `{name}`"))?;
         let value = http::HeaderValue::from_str(value).map_err(|_| format!("bad value for `{name}`"))?;
         location |= name == http::header::LOCATION;
         if !FRAMING_HEADERS.contains(&name) {
@@ -224,9 +230,10 @@ mod tests {
 
     #[test]
     fn parses_status_headers_and_body() {
-        let response =
-            parse_response(Bytes::from_static(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nbody\n"))
-                .expect("valid");
+        let response = parse_response(Bytes::from_static(
+            b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nbody\n",
+        ))
+        .expect("valid");
         assert_eq!(response.status(), 404);
         assert_eq!(response.headers()["content-type"], "text/plain");
         assert_eq!(response.headers()["x-a"], "1");

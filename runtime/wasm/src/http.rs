@@ -48,9 +48,7 @@ struct OutboundPolicy {
 impl OutboundPolicy {
     fn allows(&self, uri: &http::Uri) -> bool {
         let Some(authority) = uri.authority() else { return false };
-        self.allowed_hosts
-            .iter()
-            .any(|allowed| allowed == authority.as_str() || allowed == authority.host())
+        self.allowed_hosts.iter().any(|allowed| allowed == authority.as_str() || allowed == authority.host())
     }
 }
 
@@ -127,7 +125,8 @@ pub async fn invoke(
     let (incoming, outparam) = match setup {
         Ok(handles) => handles,
         Err(e) => {
-            let error = BackendError::new(ProblemKind::Internal, format!("cannot hand the request over: {e:#}"));
+            let error =
+                BackendError::new(ProblemKind::Internal, format!("cannot hand the request over: {e:#}"));
             error.finish(invocation, BackendKind::Wasm);
             return Err(error);
         }
@@ -198,7 +197,9 @@ pub async fn invoke(
         Ok(Err(_)) | Err(_) => match guest.await {
             Ok(Err(error)) => Err(error),
             Ok(Ok(())) => Err(no_response()),
-            Err(join) => Err(BackendError::new(ProblemKind::Internal, format!("the guest task failed: {join}"))),
+            Err(join) => {
+                Err(BackendError::new(ProblemKind::Internal, format!("the guest task failed: {join}")))
+            }
         },
     }
 }

@@ -134,7 +134,8 @@ impl Backend for WasmBackend {
                             return Err(error);
                         }
                         Err(join) => {
-                            let error = BackendError::new(ProblemKind::Internal, format!("loading failed: {join}"));
+                            let error =
+                                BackendError::new(ProblemKind::Internal, format!("loading failed: {join}"));
                             error.finish(invocation, BackendKind::Wasm);
                             return Err(error);
                         }
@@ -143,7 +144,9 @@ impl Backend for WasmBackend {
             };
             match &*prepared {
                 Prepared::Http(pre) => http::invoke(pre.clone(), invocation, request, code_load).await,
-                Prepared::Cgi(pre) => cgi::invoke(pre.clone(), invocation, request, code_load, max_cgi_response).await,
+                Prepared::Cgi(pre) => {
+                    cgi::invoke(pre.clone(), invocation, request, code_load, max_cgi_response).await
+                }
             }
         })
     }
@@ -188,6 +191,9 @@ fn classify_failure(error: &wasmtime::Error, limits: &CallLimits, invocation: &I
 fn deadline_exceeded(invocation: &Invocation) -> BackendError {
     BackendError::new(
         ProblemKind::DeadlineExceeded,
-        format!("the function did not finish within its timeout of {}ms", invocation.function.config.timeout_ms),
+        format!(
+            "the function did not finish within its timeout of {}ms",
+            invocation.function.config.timeout_ms
+        ),
     )
 }

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use amphi_contract::ArtifactKind;
 use amphi_store::StoreError;
 use amphi_store::artifacts::Artifacts;
-use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmparser::Parser;
+use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, InstancePre, Linker, Module};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -190,10 +190,14 @@ impl Preparer {
 
     fn link_component(&self, component: &Component) -> Result<Prepared, PrepareError> {
         let pre = self.http_linker.instantiate_pre(component).map_err(|e| {
-            PrepareError::Unsupported(format!("the component imports something Amphi does not provide: {e:#}"))
+            PrepareError::Unsupported(format!(
+                "the component imports something Amphi does not provide: {e:#}"
+            ))
         })?;
         let proxy = ProxyPre::new(pre).map_err(|e| {
-            PrepareError::Unsupported(format!("the component does not export wasi:http/incoming-handler: {e:#}"))
+            PrepareError::Unsupported(format!(
+                "the component does not export wasi:http/incoming-handler: {e:#}"
+            ))
         })?;
         Ok(Prepared::Http(proxy))
     }

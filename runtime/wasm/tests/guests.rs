@@ -58,7 +58,8 @@ impl Harness {
         path: &str,
         body: &'static [u8],
     ) -> Result<(u16, http::HeaderMap, Bytes), BackendError> {
-        let invocation = Invocation::new(function.clone(), method.into(), path.into(), self.sink.clone(), 64 * 1024);
+        let invocation =
+            Invocation::new(function.clone(), method.into(), path.into(), self.sink.clone(), 64 * 1024);
         let request = http::Request::builder()
             .method(method)
             .uri(path)
@@ -93,7 +94,8 @@ async fn component_says_hello_echoes_and_logs() {
     let (status, _, body) = harness.call(&function, "GET", "/", b"").await.expect("hello");
     assert_eq!((status, body.as_ref()), (200, &b"Hello from Amphi!\n"[..]));
 
-    let (status, headers, body) = harness.call(&function, "PUT", "/echo?x=1", b"\x00\xffbinary").await.expect("echo");
+    let (status, headers, body) =
+        harness.call(&function, "PUT", "/echo?x=1", b"\x00\xffbinary").await.expect("echo");
     assert_eq!(status, 200);
     assert_eq!(headers["x-echo-method"], "PUT");
     assert_eq!(headers["x-echo-path-with-query"], "/echo?x=1");
@@ -136,7 +138,8 @@ async fn cgi_modules_in_rust_and_c() {
     let harness = Harness::new();
     let rust = harness.deploy(amphi_guest_artifacts::RUST_CGI_MODULE, FunctionConfig::default());
     assert_eq!(rust.kind, ArtifactKind::CgiModule);
-    let (status, headers, body) = harness.call(&rust, "POST", "/echo?q=%20a", b"payload").await.expect("echo");
+    let (status, headers, body) =
+        harness.call(&rust, "POST", "/echo?q=%20a", b"payload").await.expect("echo");
     assert_eq!((status, body.as_ref()), (200, &b"payload"[..]));
     assert_eq!(headers["x-echo-method"], "POST");
     assert_eq!(headers["x-echo-query"], "q=%20a");

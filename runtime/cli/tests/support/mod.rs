@@ -80,7 +80,8 @@ impl TestServer {
     /// Uploads `wasm` and deploys it as `name` with `config`; returns the new version.
     pub async fn deploy(&self, name: &str, wasm: &str, config: Value) -> Value {
         let bytes = std::fs::read(wasm).expect("guest built");
-        let upload = self.admin(reqwest::Method::POST, "/artifacts").body(bytes).send().await.expect("upload");
+        let upload =
+            self.admin(reqwest::Method::POST, "/artifacts").body(bytes).send().await.expect("upload");
         assert!(upload.status().is_success(), "upload: {}", upload.text().await.unwrap_or_default());
         let artifact: Value = upload.json().await.expect("json");
         let deployed = self
