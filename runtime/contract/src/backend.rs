@@ -60,9 +60,8 @@ impl BackendError {
     }
 
     /// Ends `invocation` with this error in its record.
-    pub fn finish(&self, invocation: Invocation, backend: BackendKind) {
+    pub fn finish(&self, invocation: Invocation) {
         invocation.finish(Finish {
-            backend,
             status: self.kind.status(),
             outcome: self.outcome(),
             error: Some(self.detail.clone()),

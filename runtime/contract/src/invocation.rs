@@ -29,8 +29,6 @@ pub fn now_unix_us() -> u64 {
 /// What a backend reports when a call ends.
 #[derive(Debug, Clone)]
 pub struct Finish {
-    /// The backend that ran the call.
-    pub backend: BackendKind,
     /// The status the caller received.
     pub status: u16,
     /// How it ended.
@@ -49,6 +47,8 @@ pub struct Invocation {
     pub id: String,
     /// The function version being run.
     pub function: Arc<FunctionVersion>,
+    /// The backend that runs it.
+    pub backend: BackendKind,
     /// The request method.
     pub method: String,
     /// The path the function sees, with the query.
@@ -67,9 +67,10 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// Admits a call of `function` now, with its deadline from the function's timeout.
+    /// Admits a call of `function` on `backend` now, with its deadline from the function's timeout.
     pub fn new(
         function: Arc<FunctionVersion>,
+        backend: BackendKind,
         method: String,
         path: String,
         sink: Arc<dyn TelemetrySink>,
@@ -85,6 +86,7 @@ impl Invocation {
             deadline: admitted + timeout,
             deadline_unix_ms: (start_us / 1000).saturating_add(timeout.as_millis() as u64),
             function,
+            backend,
             method,
             path,
             admitted,
@@ -115,7 +117,7 @@ impl Invocation {
             id: self.id.clone(),
             function: self.function.name.clone(),
             version: self.function.version,
-            backend: finish.backend,
+            backend: self.backend,
             trigger: "http".into(),
             method: self.method.clone(),
             path: self.path.clone(),
@@ -136,7 +138,6 @@ impl Drop for Invocation {
     fn drop(&mut self) {
         if !self.finished {
             self.write_record(Finish {
-                backend: BackendKind::Wasm,
                 status: 499,
                 outcome: Outcome::PlatformError,
                 error: Some(
@@ -308,7 +309,7 @@ mod tests {
             config: FunctionConfig::default(),
             created_at_ms: 0,
         });
-        Invocation::new(function, "GET".into(), "/".into(), sink, limit)
+        Invocation::new(function, BackendKind::Wasm, "GET".into(), "/".into(), sink, limit)
     }
 
     #[test]
@@ -320,7 +321,6 @@ mod tests {
         call.log.write(LogStream::Stdout, b"o\nthree");
         let id = call.id.clone();
         call.finish(Finish {
-            backend: BackendKind::Wasm,
             status: 200,
             outcome: Outcome::Success,
             error: None,

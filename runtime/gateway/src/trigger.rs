@@ -53,6 +53,7 @@ pub async fn invoke(
     };
     let invocation = Invocation::new(
         route.function.clone(),
+        backend,
         parts.method.to_string(),
         path.clone(),
         platform.logs.clone(),
@@ -61,7 +62,7 @@ pub async fn invoke(
     let id = invocation.id.clone();
     let refuse = |invocation: Invocation, kind: ProblemKind, detail: String| {
         let error = BackendError::new(kind, detail);
-        error.finish(invocation, backend);
+        error.finish(invocation);
         failure_response(&id, backend.as_str(), &error, received.elapsed())
     };
 

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use amphi_contract::record::{BackendKind, LogStream};
+use amphi_contract::record::LogStream;
 use amphi_contract::{
     BackendError, BackendResponse, BoxError, ConnectionInfo, Finish, Invocation, Outcome, ProblemKind,
 };
@@ -90,7 +90,6 @@ pub async fn invoke(
     match response {
         Ok(response) => {
             invocation.finish(Finish {
-                backend: BackendKind::Wasm,
                 status: response.status().as_u16(),
                 outcome: Outcome::Success,
                 error: None,
@@ -108,7 +107,7 @@ pub async fn invoke(
         Err(mut error) => {
             error.cold_start = cold_start;
             error.init = init;
-            error.finish(invocation, BackendKind::Wasm);
+            error.finish(invocation);
             Err(error)
         }
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use amphi_contract::record::{BackendKind, LogStream};
+use amphi_contract::record::LogStream;
 use amphi_contract::{BackendError, BackendResponse, BoxError, Finish, Invocation, Outcome, ProblemKind};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -127,7 +127,7 @@ pub async fn invoke(
         Err(e) => {
             let error =
                 BackendError::new(ProblemKind::Internal, format!("cannot hand the request over: {e:#}"));
-            error.finish(invocation, BackendKind::Wasm);
+            error.finish(invocation);
             return Err(error);
         }
     };
@@ -158,7 +158,6 @@ pub async fn invoke(
         };
         match failure {
             None => invocation.finish(Finish {
-                backend: BackendKind::Wasm,
                 status: sent_status,
                 outcome: Outcome::Success,
                 error: None,
@@ -168,7 +167,6 @@ pub async fn invoke(
             // The caller already has the response head: the record keeps its status and says why
             // the body broke off.
             Some(error) if sent_status != 0 => invocation.finish(Finish {
-                backend: BackendKind::Wasm,
                 status: sent_status,
                 outcome: error.outcome(),
                 error: Some(format!("after the response started: {}", error.detail)),
@@ -178,7 +176,7 @@ pub async fn invoke(
             Some(mut error) => {
                 error.cold_start = cold_start;
                 error.init = init;
-                error.finish(invocation, BackendKind::Wasm);
+                error.finish(invocation);
                 return Err(error);
             }
         }

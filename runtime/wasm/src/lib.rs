@@ -130,13 +130,13 @@ impl Backend for WasmBackend {
                                 ProblemKind::BackendUnavailable,
                                 format!("the function's code cannot be loaded: {error}"),
                             );
-                            error.finish(invocation, BackendKind::Wasm);
+                            error.finish(invocation);
                             return Err(error);
                         }
                         Err(join) => {
                             let error =
                                 BackendError::new(ProblemKind::Internal, format!("loading failed: {join}"));
-                            error.finish(invocation, BackendKind::Wasm);
+                            error.finish(invocation);
                             return Err(error);
                         }
                     }

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
-use amphi_contract::record::{InvocationRecord, LogLine, LogStream, Outcome};
+use amphi_contract::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome};
 use amphi_contract::{Backend, BackendError, Invocation, TelemetrySink};
 use amphi_store::DataDir;
 use amphi_store::artifacts::Artifacts;
@@ -58,8 +58,14 @@ impl Harness {
         path: &str,
         body: &'static [u8],
     ) -> Result<(u16, http::HeaderMap, Bytes), BackendError> {
-        let invocation =
-            Invocation::new(function.clone(), method.into(), path.into(), self.sink.clone(), 64 * 1024);
+        let invocation = Invocation::new(
+            function.clone(),
+            BackendKind::Wasm,
+            method.into(),
+            path.into(),
+            self.sink.clone(),
+            64 * 1024,
+        );
         let request = http::Request::builder()
             .method(method)
             .uri(path)
