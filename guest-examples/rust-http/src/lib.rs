@@ -14,6 +14,7 @@
 //! | `/stream?chunks=N` | N chunks written one by one |
 //! | `/state` | a counter kept in a `static`: always 1, since every request gets a fresh instance |
 //! | `/sleep?ms=N` | waits N ms, then answers with the env var `VERSION_TAG` |
+//! | `/fetch?url=http://host/path` | an outbound GET: 200 with the body, or 502 with the error |
 //! | `/trap` | panics (a wasm trap) |
 //! | `/loop` | never returns |
 //! | `/grow?mib=N` | allocates and touches N MiB |
@@ -106,6 +107,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 let tag = std::env::var("VERSION_TAG").unwrap_or_default();
                 respond(response_out, 200, "text/plain", tag.as_bytes())
             }
+            "/fetch" => {
+                let url = query.split('&').find_map(|pair| pair.strip_prefix("url=")).unwrap_or("");
+                match fetch(url) {
+                    Ok(body) => respond(response_out, 200, "text/plain", &body),
+                    Err(error) => respond(response_out, 502, "text/plain", error.as_bytes()),
+                }
+            }
             "/stream" => {
                 let chunks = param("chunks").unwrap_or(3);
                 let response = OutgoingResponse::new(Fields::new());
@@ -138,6 +146,34 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             },
         }
     }
+}
+
+/// A GET through `wasi:http/outgoing-handler`, which the host may deny.
+fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let request = OutgoingRequest::new(Fields::new());
+    let path = if path.is_empty() { "/" } else { path };
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "bad scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "bad authority")?;
+    request.set_path_with_query(Some(path)).map_err(|()| "bad path")?;
+    let pending = outgoing_handler::handle(request, None).map_err(|code| format!("denied: {code:?}"))?;
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return Err(format!("failed: {code:?}")),
+        _ => return Err("no response".into()),
+    };
+    let mut body = Vec::new();
+    let incoming = response.consume().map_err(|()| "no body")?;
+    let stream = incoming.stream().map_err(|()| "no body stream")?;
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn read_body(request: &IncomingRequest) -> Vec<u8> {

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// Keep at most this many log lines (oldest removed first).
     #[arg(long, default_value_t = 10_000_000)]
     log_max_lines: u64,
+    /// Time a client has to send a request's headers before the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -66,6 +69,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.logs.retention = args.log_retention;
     config.logs.max_lines = args.log_max_lines;
     config.drain_timeout = args.drain_timeout;
+    config.header_read_timeout = args.header_read_timeout;
     config.wasm.max_memory_bytes = args.wasm_max_memory;
     config.wasm.pool_instances = args.wasm_pool_instances;
     config.wasm.guard_pages = args.wasm_guard_pages;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use amphi_contract::function::FunctionConfig;
 use amphi_contract::invocation::now_unix_us;
 use amphi_contract::{Problem, ProblemKind, ResponseBody};
-use amphi_store::logs::{InvocationQuery, LogQuery, StoredEvent};
+use amphi_store::logs::{InvocationQuery, LogQuery};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
@@ -250,13 +250,6 @@ fn stats(platform: &Platform) -> Response<ResponseBody> {
     )
 }
 
-/// A stream item of `logs?follow=true`, as sent (one JSON object per line).
-pub fn event_line(event: &StoredEvent) -> Bytes {
-    let mut line = serde_json::to_vec(event).unwrap_or_default();
-    line.push(b'\n');
-    Bytes::from(line)
-}
-
 fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Problem> {
     match query.get("limit") {
         None => Ok(DEFAULT_LIMIT),
@@ -302,36 +295,9 @@ fn query_params(query: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
+/// Decodes a query component (`+` is a space in form encoding).
 fn decode_component(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-        match bytes[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => {
-                match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-                    (Some(high), Some(low)) => {
-                        out.push(high << 4 | low);
-                        i += 3;
-                    }
-                    _ => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 fn not_found(name: &str) -> Problem {

@@ -17,7 +17,6 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::admin::event_line;
 use crate::platform::{Platform, blocking};
 
 type Chunk = Result<Frame<Bytes>, amphi_contract::BoxError>;
@@ -100,6 +99,13 @@ async fn catch_up(
         }
     }
     true
+}
+
+/// A stream item of `logs?follow=true`, as sent (one JSON object per line).
+fn event_line(event: &StoredEvent) -> Bytes {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 fn matches(query: &LogQuery, function: &str, invocation_id: &str) -> bool {
