@@ -2,8 +2,8 @@
 //!
 //! Writers never wait for the disk. [`LogStore`] implements
 //! [`TelemetrySink`](amphi_contract::TelemetrySink): a call on the request path only puts the
-//! item on a bounded queue. A dedicated thread drains the queue in batches, one transaction per
-//! batch, then publishes what it committed to live followers (`logs --follow`). When the queue is
+//! item on a bounded queue. A dedicated thread drains the queue in batches (it lets items gather
+//! for a few milliseconds), one transaction per batch, then publishes what it committed to live followers (`logs --follow`). When the queue is
 //! full (the disk cannot keep up), items are counted as dropped instead of slowing calls down.
 //!
 //! Indexed for the three questions users ask: the last N lines of a function, everything of one
@@ -149,6 +149,8 @@ CREATE INDEX IF NOT EXISTS invocations_by_time ON invocations (start_us);
 const RECORD_COLUMNS: &str = "seq, id, function, version, backend, trigger, method, path, start_us, duration_us, \
                               init_us, cold_start, outcome, status, error, log_lines, log_truncated";
 const MAX_BATCH: usize = 8192;
+/// How long the writer lets items gather before it commits them.
+const LINGER: Duration = Duration::from_millis(5);
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
 const RETENTION_CHUNK: i64 = 50_000;
 
@@ -346,6 +348,11 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             if let Some(first) = first {
+                // Let a batch gather while nobody waits on the queue: senders then wake no one,
+                // and one transaction carries many items. A flush does not wait.
+                if !matches!(first, Op::Flush(_)) {
+                    std::thread::sleep(LINGER);
+                }
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match queue.try_recv() {
