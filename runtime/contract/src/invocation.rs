@@ -97,11 +97,6 @@ impl Invocation {
         }
     }
 
-    /// Time left until the deadline (zero when it has passed).
-    pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-
     /// Writes the invocation record. Call once, when the function is done.
     pub fn finish(mut self, finish: Finish) {
         self.finished = true;

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::follow;
-use crate::platform::{Platform, blocking};
+use crate::platform::{Platform, blocking, internal};
 use crate::respond::{self, json, problem, problem_of};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -198,7 +198,7 @@ async fn logs(
         return Ok(follow::stream(platform.clone(), log_query));
     }
     let store = platform.logs.clone();
-    let lines = blocking(move || store.logs(&log_query)).await?;
+    let lines = blocking(move || store.logs(&log_query).map_err(internal)).await?;
     Ok(json(StatusCode::OK, &lines))
 }
 
@@ -214,7 +214,7 @@ async fn invocations(
         limit: parse_limit(query)?,
     };
     let store = platform.logs.clone();
-    let records = blocking(move || store.invocations(&record_query)).await?;
+    let records = blocking(move || store.invocations(&record_query).map_err(internal)).await?;
     Ok(json(StatusCode::OK, &records))
 }
 
@@ -222,10 +222,12 @@ async fn invocation(platform: &Arc<Platform>, id: &str) -> Result<Response<Respo
     let store = platform.logs.clone();
     let key = id.to_string();
     let (record, lines) = blocking(move || {
-        let record =
-            store.invocations(&InvocationQuery { id: Some(key.clone()), limit: 1, ..Default::default() })?;
-        let lines =
-            store.logs(&LogQuery { invocation_id: Some(key), limit: MAX_LIMIT, ..Default::default() })?;
+        let record = store
+            .invocations(&InvocationQuery { id: Some(key.clone()), limit: 1, ..Default::default() })
+            .map_err(internal)?;
+        let lines = store
+            .logs(&LogQuery { invocation_id: Some(key), limit: MAX_LIMIT, ..Default::default() })
+            .map_err(internal)?;
         Ok((record.into_iter().next(), lines))
     })
     .await?;
@@ -302,10 +304,6 @@ fn decode_component(text: &str) -> String {
 
 fn not_found(name: &str) -> Problem {
     Problem::new(ProblemKind::NotFound, format!("no function named `{name}`"))
-}
-
-fn internal(error: impl std::fmt::Display) -> Problem {
-    Problem::new(ProblemKind::Internal, error.to_string())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::platform::{Platform, blocking};
+use crate::platform::{Platform, blocking, internal};
 
 type Chunk = Result<Frame<Bytes>, amphi_contract::BoxError>;
 
@@ -89,7 +89,7 @@ async fn catch_up(
 ) -> bool {
     let store = platform.logs.clone();
     let backlog_query = query.clone();
-    let Ok(lines) = blocking(move || store.logs(&backlog_query)).await else {
+    let Ok(lines) = blocking(move || store.logs(&backlog_query).map_err(internal)).await else {
         return false;
     };
     for line in lines {

@@ -9,10 +9,10 @@ use std::sync::{Arc, RwLock};
 
 use amphi_contract::function::{FunctionConfig, FunctionVersion, validate_name};
 use amphi_contract::{Backend, Problem, ProblemKind};
+use amphi_store::DataDir;
 use amphi_store::artifacts::Artifacts;
 use amphi_store::logs::LogStore;
 use amphi_store::registry::{ArtifactInfo, Registry};
-use amphi_store::{DataDir, StoreError};
 use amphi_wasm::WasmBackend;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -126,7 +126,7 @@ impl Platform {
     /// Every version of `name`, oldest first.
     pub async fn versions(self: &Arc<Self>, name: String) -> Result<Vec<FunctionVersion>, Problem> {
         let platform = self.clone();
-        blocking(move || platform.registry.versions(&name)).await
+        blocking(move || platform.registry.versions(&name).map_err(internal)).await
     }
 
     /// Stores and validates an upload. Returns the artifact and whether it is new.
@@ -134,26 +134,22 @@ impl Platform {
         let platform = self.clone();
         blocking(move || {
             let digest = amphi_store::artifacts::digest_of(&bytes);
-            if let Some(known) = platform.registry.artifact(&digest)? {
-                return Ok(Ok((known, false)));
+            if let Some(known) = platform.registry.artifact(&digest).map_err(internal)? {
+                return Ok((known, false));
             }
             // Validate before anything is stored: a refused upload leaves nothing behind.
-            let kind = match amphi_wasm::prepare::Preparer::detect_kind(&bytes) {
-                Ok(kind) => kind,
-                Err(e) => return Ok(Err(Problem::new(ProblemKind::UnprocessableEntity, e.to_string()))),
+            let refused = |e: amphi_wasm::PrepareError| match e {
+                amphi_wasm::PrepareError::Store(e) => internal(e),
+                refused => Problem::new(ProblemKind::UnprocessableEntity, refused.to_string()),
             };
-            if let Err(e) = platform.wasm.prepare_upload(&digest, &bytes) {
-                return Ok(Err(match e {
-                    amphi_wasm::PrepareError::Store(e) => internal(e),
-                    refused => Problem::new(ProblemKind::UnprocessableEntity, refused.to_string()),
-                }));
-            }
-            platform.artifacts.put(&bytes)?;
+            let kind = amphi_wasm::prepare::Preparer::detect_kind(&bytes).map_err(refused)?;
+            platform.wasm.prepare_upload(&digest, &bytes).map_err(refused)?;
+            platform.artifacts.put(&bytes).map_err(internal)?;
             let info = ArtifactInfo { digest, kind, size: bytes.len() as u64 };
-            platform.registry.add_artifact(&info)?;
-            Ok(Ok((info, true)))
+            platform.registry.add_artifact(&info).map_err(internal)?;
+            Ok((info, true))
         })
-        .await?
+        .await
     }
 
     /// Makes `digest` with `config` the new current version of `name`. Durable when it returns.
@@ -171,15 +167,15 @@ impl Platform {
         let _serialised = self.deploys.lock().await;
         let platform = self.clone();
         let function = blocking(move || {
-            if platform.registry.artifact(&digest)?.is_none() {
-                return Ok(Err(Problem::new(
+            if platform.registry.artifact(&digest).map_err(internal)?.is_none() {
+                return Err(Problem::new(
                     ProblemKind::UnprocessableEntity,
                     format!("no artifact {digest} was uploaded (POST /v1/artifacts first)"),
-                )));
+                ));
             }
-            Ok(Ok(platform.registry.deploy(&name, &digest, &config)?))
+            platform.registry.deploy(&name, &digest, &config).map_err(internal)
         })
-        .await??;
+        .await?;
         self.install_route(function.clone()).map_err(internal)?;
         Ok(function)
     }
@@ -189,7 +185,7 @@ impl Platform {
         let _serialised = self.deploys.lock().await;
         let platform = self.clone();
         let key = name.clone();
-        let existed = blocking(move || platform.registry.delete(&key)).await?;
+        let existed = blocking(move || platform.registry.delete(&key).map_err(internal)).await?;
         if let Some(route) =
             self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name)
         {
@@ -225,16 +221,13 @@ impl Platform {
 
 /// Runs blocking storage work off the async threads.
 pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(internal(e)),
-        Err(e) => Err(internal(e)),
-    }
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(internal(e)))
 }
 
-fn internal(error: impl std::fmt::Display) -> Problem {
+/// A platform failure (storage, a task that died) as a 500 problem, logged.
+pub fn internal(error: impl std::fmt::Display) -> Problem {
     tracing::error!(%error, "internal error");
     Problem::new(ProblemKind::Internal, error.to_string())
 }

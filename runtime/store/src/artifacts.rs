@@ -51,11 +51,6 @@ impl Artifacts {
             .map_err(|source| StoreError::Io { what: format!("reading artifact {digest}"), source })
     }
 
-    /// Whether an artifact with `digest` is stored.
-    pub fn contains(&self, digest: &str) -> bool {
-        hex_of(digest).map(|file| self.sources.exists(file)).unwrap_or(false)
-    }
-
     /// Reads compiled code stored under `key`, if any.
     pub fn get_compiled(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         check_key(key)?;
@@ -102,7 +97,6 @@ mod tests {
         assert_eq!(digest, digest_of(b"\0asm"));
         assert_eq!(artifacts.put(b"\0asm").expect("again"), digest);
         assert_eq!(artifacts.get(&digest).expect("get"), b"\0asm");
-        assert!(artifacts.contains(&digest));
         for bad in ["../registry.db", "sha256:../../etc/passwd", "sha256:ABC", ""] {
             assert!(matches!(artifacts.get(bad), Err(StoreError::InvalidKey(_))), "{bad}");
         }

@@ -120,17 +120,6 @@ impl Registry {
         })
     }
 
-    /// The current version of `name`.
-    pub fn current(&self, name: &str) -> Result<Option<FunctionVersion>, StoreError> {
-        self.select_versions(
-            "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms
-             FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
-             JOIN artifacts a ON a.digest = v.digest WHERE f.name = ?1",
-            Some(name),
-        )
-        .map(|mut all| all.pop())
-    }
-
     /// The current version of every function, by name.
     pub fn all_current(&self) -> Result<Vec<FunctionVersion>, StoreError> {
         self.select_versions(
@@ -223,12 +212,10 @@ mod tests {
         drop(registry);
 
         let registry = Registry::open(&data).expect("reopen");
-        let current = registry.current("hello").expect("query").expect("exists");
-        assert_eq!(current, v2);
         assert_eq!(registry.versions("hello").expect("versions").len(), 2);
         assert_eq!(registry.all_current().expect("all"), vec![v2]);
         assert!(registry.delete("hello").expect("delete"));
         assert!(!registry.delete("hello").expect("again"));
-        assert_eq!(registry.current("hello").expect("query"), None);
+        assert_eq!(registry.all_current().expect("all"), vec![]);
     }
 }

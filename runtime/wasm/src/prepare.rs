@@ -126,11 +126,6 @@ impl Preparer {
         self.ready.get(digest)
     }
 
-    /// Drops a cached ready form.
-    pub fn forget(&self, digest: &str) {
-        self.ready.invalidate(digest);
-    }
-
     fn compiled_key(&self, digest: &str) -> Result<String, PrepareError> {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         Ok(format!("{hex}-{}", self.engine_key))
