@@ -87,3 +87,19 @@ async fn log_output_past_the_limit_is_dropped_and_recorded() {
             && l["line"].as_str().is_some_and(|t| t.contains("truncated")))
     );
 }
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_stops_the_function() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    server.deploy("spin", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({ "timeout_ms": 20000 })).await;
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().expect("client");
+    let started = Instant::now();
+    assert!(impatient.get(server.fn_url("spin", "/loop")).send().await.is_err(), "the client gave up");
+    // The record is written when the guest stops: long before its 20 s timeout.
+    let records =
+        server.wait_for("/invocations?function=spin", |v| v.as_array().is_some_and(|a| !a.is_empty())).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped after {:?}", started.elapsed());
+    assert_eq!(records[0]["status"], 499);
+    assert_eq!(records[0]["outcome"], "platform_error");
+}

@@ -134,7 +134,9 @@ pub async fn invoke(
 
     let (init_tx, init_rx) = tokio::sync::oneshot::channel();
     let cold_start = code_load.is_some();
-    let guest = tokio::spawn(async move {
+    // Until the response head is handed over, the caller going away (this future dropped) stops
+    // the guest; its invocation then records the call as abandoned.
+    let mut guest = AbortOnDrop(Some(tokio::spawn(async move {
         let deadline = tokio::time::Instant::from_std(invocation.deadline);
         let mut init = None;
         let run = async {
@@ -181,10 +183,13 @@ pub async fn invoke(
             }
         }
         Ok(())
-    });
+    })));
 
     let init = init_rx.await.unwrap_or_default();
-    match response_rx.await {
+    let response = response_rx.await;
+    let Some(guest) = guest.0.take() else { return Err(no_response()) };
+    match response {
+        // The guest streams the body on its own from here.
         Ok(Ok(response)) => Ok(BackendResponse {
             response: response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
             cold_start,
@@ -199,6 +204,17 @@ pub async fn invoke(
                 Err(BackendError::new(ProblemKind::Internal, format!("the guest task failed: {join}")))
             }
         },
+    }
+}
+
+/// Aborts the task it holds when dropped.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
