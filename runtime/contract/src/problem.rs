@@ -16,8 +16,6 @@ pub enum ProblemKind {
     NotFound,
     /// The method is not allowed on that admin route.
     MethodNotAllowed,
-    /// A write conflicts with the current state (admin API).
-    Conflict,
     /// The request body is larger than allowed.
     PayloadTooLarge,
     /// An upload is not acceptable: invalid wasm, unsupported kind, bad config.
@@ -42,7 +40,6 @@ impl ProblemKind {
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnprocessableEntity => 422,
             Self::OverCapacity => 429,
@@ -60,7 +57,6 @@ impl ProblemKind {
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
-            Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload-too-large",
             Self::UnprocessableEntity => "unprocessable-entity",
             Self::OverCapacity => "over-capacity",
@@ -78,7 +74,6 @@ impl ProblemKind {
             Self::Unauthorized => "Missing or wrong admin token",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
-            Self::Conflict => "Conflict",
             Self::PayloadTooLarge => "Request body too large",
             Self::UnprocessableEntity => "Upload or config not acceptable",
             Self::OverCapacity => "Function over capacity",

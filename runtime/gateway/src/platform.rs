@@ -9,10 +9,10 @@ use std::sync::{Arc, RwLock};
 
 use amphi_contract::function::{FunctionConfig, FunctionVersion, validate_name};
 use amphi_contract::{Backend, Problem, ProblemKind};
-use amphi_store::DataDir;
 use amphi_store::artifacts::Artifacts;
 use amphi_store::logs::LogStore;
 use amphi_store::registry::{ArtifactInfo, Registry};
+use amphi_store::{DataDir, StoreError};
 use amphi_wasm::WasmBackend;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -142,8 +142,7 @@ impl Platform {
                 amphi_wasm::PrepareError::Store(e) => internal(e),
                 refused => Problem::new(ProblemKind::UnprocessableEntity, refused.to_string()),
             };
-            let kind = amphi_wasm::prepare::Preparer::detect_kind(&bytes).map_err(refused)?;
-            platform.wasm.prepare_upload(&digest, &bytes).map_err(refused)?;
+            let kind = platform.wasm.prepare_upload(&digest, &bytes).map_err(refused)?;
             platform.artifacts.put(&bytes).map_err(internal)?;
             let info = ArtifactInfo { digest, kind, size: bytes.len() as u64 };
             platform.registry.add_artifact(&info).map_err(internal)?;
@@ -167,13 +166,13 @@ impl Platform {
         let _serialised = self.deploys.lock().await;
         let platform = self.clone();
         let function = blocking(move || {
-            if platform.registry.artifact(&digest).map_err(internal)?.is_none() {
-                return Err(Problem::new(
+            platform.registry.deploy(&name, &digest, &config).map_err(|e| match e {
+                StoreError::UnknownArtifact(digest) => Problem::new(
                     ProblemKind::UnprocessableEntity,
                     format!("no artifact {digest} was uploaded (POST /v1/artifacts first)"),
-                ));
-            }
-            platform.registry.deploy(&name, &digest, &config).map_err(internal)
+                ),
+                other => internal(other),
+            })
         })
         .await?;
         self.install_route(function.clone()).map_err(internal)?;

@@ -61,6 +61,14 @@ impl Artifacts {
         }
     }
 
+    /// Whether compiled code is stored under `key`.
+    pub fn has_compiled(&self, key: &str) -> Result<bool, StoreError> {
+        check_key(key)?;
+        self.compiled
+            .try_exists(key)
+            .map_err(|source| StoreError::Io { what: format!("checking compiled {key}"), source })
+    }
+
     /// Stores compiled code under `key`.
     pub fn put_compiled(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         check_key(key)?;
@@ -102,7 +110,9 @@ mod tests {
         }
         assert!(artifacts.put_compiled("../x", b"").is_err());
         assert_eq!(artifacts.get_compiled("abc-1").expect("miss"), None);
+        assert!(!artifacts.has_compiled("abc-1").expect("absent"));
         artifacts.put_compiled("abc-1", b"code").expect("put compiled");
         assert_eq!(artifacts.get_compiled("abc-1").expect("hit"), Some(b"code".to_vec()));
+        assert!(artifacts.has_compiled("abc-1").expect("present"));
     }
 }

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// Stored data could not be decoded (a corrupt or newer data directory).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A deploy named an artifact that was never uploaded.
+    #[error("no artifact {0} was uploaded")]
+    UnknownArtifact(String),
     /// A key (digest, cache key) is not of the accepted form.
     #[error("invalid key `{0}`")]
     InvalidKey(String),

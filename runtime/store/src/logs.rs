@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use amphi_contract::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome};
 use amphi_contract::{TelemetrySink, invocation::now_unix_us};
-use rusqlite::{Connection, ToSql, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection, params, params_from_iter};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -207,36 +208,22 @@ impl LogStore {
 
     /// Log lines matching `query`, oldest first. Blocking.
     pub fn logs(&self, query: &LogQuery) -> Result<Vec<LogLine>, StoreError> {
-        let mut conditions = Vec::new();
-        let mut values: Vec<Box<dyn ToSql>> = Vec::new();
-        if let Some(function) = &query.function {
-            conditions.push("function = ?");
-            values.push(Box::new(function.clone()));
-        }
-        if let Some(id) = &query.invocation_id {
-            conditions.push("invocation_id = ?");
-            values.push(Box::new(id.clone()));
-        }
-        if let Some(since) = query.since_us {
-            conditions.push("ts_us >= ?");
-            values.push(Box::new(since as i64));
-        }
-        if let Some(after) = query.after_seq {
-            conditions.push("seq > ?");
-            values.push(Box::new(after as i64));
-        }
         let forward = query.since_us.is_some() || query.after_seq.is_some();
-        let sql = format!(
-            "SELECT seq, ts_us, function, invocation_id, stream, line FROM logs {} ORDER BY seq {} LIMIT {}",
-            where_clause(&conditions),
-            if forward { "ASC" } else { "DESC" },
-            query.limit.max(1)
+        let (sql, params) = filtered(
+            "SELECT seq, ts_us, function, invocation_id, stream, line FROM logs",
+            [
+                ("function = ?", query.function.clone().map(Value::Text)),
+                ("invocation_id = ?", query.invocation_id.clone().map(Value::Text)),
+                ("ts_us >= ?", query.since_us.map(|us| Value::Integer(us as i64))),
+                ("seq > ?", query.after_seq.map(|seq| Value::Integer(seq as i64))),
+            ],
+            forward,
+            query.limit,
         );
         let conn = self.reader();
         let mut statement = conn.prepare_cached(&sql)?;
-        let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
         let mut lines = statement
-            .query_map(params.as_slice(), |row| {
+            .query_map(params_from_iter(params), |row| {
                 Ok(LogLine {
                     seq: row.get::<_, i64>(0)? as u64,
                     ts_us: row.get::<_, i64>(1)? as u64,
@@ -255,35 +242,20 @@ impl LogStore {
 
     /// Invocation records matching `query`. Blocking.
     pub fn invocations(&self, query: &InvocationQuery) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut conditions = Vec::new();
-        let mut values: Vec<Box<dyn ToSql>> = Vec::new();
-        if let Some(function) = &query.function {
-            conditions.push("function = ?");
-            values.push(Box::new(function.clone()));
-        }
-        if let Some(id) = &query.id {
-            conditions.push("id = ?");
-            values.push(Box::new(id.clone()));
-        }
-        if let Some(since) = query.since_us {
-            conditions.push("start_us >= ?");
-            values.push(Box::new(since as i64));
-        }
-        if let Some(after) = query.after_seq {
-            conditions.push("seq > ?");
-            values.push(Box::new(after as i64));
-        }
-        let forward = query.since_us.is_some() || query.after_seq.is_some();
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM invocations {} ORDER BY seq {} LIMIT {}",
-            where_clause(&conditions),
-            if forward { "ASC" } else { "DESC" },
-            query.limit.max(1)
+        let (sql, params) = filtered(
+            &format!("SELECT {RECORD_COLUMNS} FROM invocations"),
+            [
+                ("function = ?", query.function.clone().map(Value::Text)),
+                ("id = ?", query.id.clone().map(Value::Text)),
+                ("start_us >= ?", query.since_us.map(|us| Value::Integer(us as i64))),
+                ("seq > ?", query.after_seq.map(|seq| Value::Integer(seq as i64))),
+            ],
+            query.since_us.is_some() || query.after_seq.is_some(),
+            query.limit,
         );
         let conn = self.reader();
         let mut statement = conn.prepare_cached(&sql)?;
-        let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
-        let rows = statement.query_map(params.as_slice(), record_from_row)?;
+        let rows = statement.query_map(params_from_iter(params), record_from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 }
@@ -298,8 +270,19 @@ impl TelemetrySink for LogStore {
     }
 }
 
-fn where_clause(conditions: &[&str]) -> String {
-    if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) }
+/// `select` restricted by the conditions whose value is given, ordered by position (oldest first
+/// when `forward`, else newest first), with at most `limit` rows; and the statement's parameters.
+fn filtered<const N: usize>(
+    select: &str,
+    conditions: [(&str, Option<Value>); N],
+    forward: bool,
+    limit: usize,
+) -> (String, Vec<Value>) {
+    let (clauses, params): (Vec<&str>, Vec<Value>) =
+        conditions.into_iter().filter_map(|(clause, value)| Some((clause, value?))).unzip();
+    let filter = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+    let order = if forward { "ASC" } else { "DESC" };
+    (format!("{select}{filter} ORDER BY seq {order} LIMIT {}", limit.max(1)), params)
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {

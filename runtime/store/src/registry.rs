@@ -92,8 +92,10 @@ impl Registry {
         let config_json = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let kind: String =
-            tx.query_row("SELECT kind FROM artifacts WHERE digest = ?1", [digest], |r| r.get(0))?;
+        let kind: String = tx
+            .query_row("SELECT kind FROM artifacts WHERE digest = ?1", [digest], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownArtifact(digest.to_string()))?;
         let version: i64 = tx.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?1",
             [name],
@@ -208,7 +210,10 @@ mod tests {
         let config = FunctionConfig { timeout_ms: 5000, ..Default::default() };
         let v2 = registry.deploy("hello", &info.digest, &config).expect("v2");
         assert_eq!((v1.version, v2.version), (1, 2));
-        assert!(registry.deploy("x", "sha256:unknown", &config).is_err());
+        assert!(matches!(
+            registry.deploy("x", "sha256:unknown", &config),
+            Err(StoreError::UnknownArtifact(_))
+        ));
         drop(registry);
 
         let registry = Registry::open(&data).expect("reopen");

@@ -92,7 +92,7 @@ impl Preparer {
     }
 
     /// Detects how `bytes` speak the contract, without compiling.
-    pub fn detect_kind(bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
+    fn detect_kind(bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
         if Parser::is_component(bytes) {
             Ok(ArtifactKind::WasiHttpComponent)
         } else if Parser::is_core_wasm(bytes) {
@@ -107,7 +107,7 @@ impl Preparer {
     pub fn prepare_upload(&self, digest: &str, bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
         let kind = Self::detect_kind(bytes)?;
         let key = self.compiled_key(digest)?;
-        if self.artifacts.get_compiled(&key)?.is_none() {
+        if !self.artifacts.has_compiled(&key)? {
             let prepared = self.compile(kind, bytes)?;
             self.artifacts.put_compiled(&key, &prepared.1)?;
             self.ready.insert(digest.to_string(), Arc::new(prepared.0));
