@@ -107,7 +107,11 @@ pub(crate) fn write_durably(
     bytes: &[u8],
     mode: Option<u32>,
 ) -> Result<(), StoreError> {
-    let temp = format!("{name}.tmp-{}", std::process::id());
+    // One temporary file per write, so concurrent writers of the same name (the same upload sent
+    // twice at once) never share one; the last rename wins with identical content.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = format!("{name}.tmp-{}-{write}", std::process::id());
     let mut options = cap_std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     if let Some(mode) = mode {
@@ -126,4 +130,28 @@ fn sync_dir(dir: &Dir, what: &str) -> Result<(), StoreError> {
     // A directory is fsynced through a read handle to itself (the `Dir` handle may be O_PATH).
     let handle = dir.open(".").map_err(StoreError::io(format!("syncing after {what}")))?;
     handle.sync_all().map_err(StoreError::io(format!("syncing after {what}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_durable_writes_of_one_name_all_succeed() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::open(temp.path()).expect("open");
+        let content = vec![7u8; 256 << 10];
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope
+                        .spawn(|| (0..20).try_for_each(|_| write_durably(data.dir(), "same", &content, None)))
+                })
+                .collect();
+            for writer in writers {
+                writer.join().expect("thread").expect("every write succeeds");
+            }
+        });
+        assert_eq!(data.dir().read("same").expect("read"), content);
+    }
 }
