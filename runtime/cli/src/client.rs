@@ -118,8 +118,31 @@ impl Client {
     }
 
     /// A streaming admin GET: calls `on_line` with every line of the body as it arrives.
-    pub async fn stream_lines(&self, path: &str, mut on_line: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    pub async fn stream_lines(&self, path: &str, on_line: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let request = self.request(Method::GET, path, Bytes::new(), None)?;
+        self.stream_request(request, on_line).await
+    }
+
+    /// A streaming upload: sends `body` and calls `on_line` with every NDJSON line of the answer.
+    pub async fn upload_streaming(
+        &self,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+        on_line: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut request = self.request(Method::POST, path, body, Some(content_type))?;
+        request
+            .headers_mut()
+            .insert(http::header::ACCEPT, http::HeaderValue::from_static("application/x-ndjson"));
+        self.stream_request(request, on_line).await
+    }
+
+    async fn stream_request(
+        &self,
+        request: Request<Full<Bytes>>,
+        mut on_line: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let uri = request.uri().clone();
         let response =
             self.http.request(request).await.with_context(|| format!("cannot reach Amphi at {uri}"))?;

@@ -34,8 +34,18 @@ pub struct NameArgs {
 pub struct DeployArgs {
     /// The function's name (its trigger is /fn/NAME).
     name: String,
-    /// The .wasm file: a wasi:http component or a preview1 CGI command module.
-    file: PathBuf,
+    /// A .wasm file (a wasi:http component or a preview1 CGI command module), or a directory
+    /// with a Dockerfile to build into a container image.
+    #[arg(required_unless_present = "image")]
+    source: Option<PathBuf>,
+    /// Build SOURCE (a directory) with this Dockerfile, relative to it [default: Dockerfile].
+    #[arg(long, num_args = 0..=1, default_missing_value = "Dockerfile", value_name = "FILE")]
+    dockerfile: Option<String>,
+    /// Run an image already on the Docker engine instead of uploading anything.
+    #[arg(long, conflicts_with_all = ["source", "dockerfile"], value_name = "REFERENCE")]
+    image: Option<String>,
+    #[command(flatten)]
+    container: ContainerArgs,
     /// Most time one call may take.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -56,9 +66,102 @@ pub struct DeployArgs {
     json: bool,
 }
 
+/// Settings of container functions (ignored for wasm).
+#[derive(Args)]
+pub struct ContainerArgs {
+    /// Instances started at deploy and kept warm (container).
+    #[arg(long)]
+    min_instances: Option<u32>,
+    /// Most instances at once (container).
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Calls one instance serves at once (container; default 1).
+    #[arg(long)]
+    instance_concurrency: Option<u32>,
+    /// How long a call may wait for a free instance before it gets 429 (container).
+    #[arg(long, value_parser = parse_duration)]
+    queue_timeout: Option<Duration>,
+    /// Pause an idle instance after this long (container).
+    #[arg(long, value_parser = parse_duration)]
+    pause_after: Option<Duration>,
+    /// Remove an idle instance after this long (container).
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// CPU share in cores, such as 0.5 (container).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Most processes in one instance (container).
+    #[arg(long)]
+    pids_limit: Option<u32>,
+    /// Give the instances a network (container; none by default).
+    #[arg(long)]
+    network: bool,
+    /// Let the function write to its image's file system (container; read-only by default).
+    #[arg(long)]
+    writable_root: bool,
+    /// Run the command once per call, CGI over stdio, instead of as a server on $PORT (container).
+    #[arg(long)]
+    cgi: bool,
+    /// The port the function's server listens on (container; default 8080).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+impl ContainerArgs {
+    fn config(&self) -> Result<serde_json::Map<String, Value>> {
+        let mut config = serde_json::Map::new();
+        let mut set = |key: &str, value: Value| {
+            config.insert(key.to_string(), value);
+        };
+        if let Some(n) = self.min_instances {
+            set("min_instances", json!(n));
+        }
+        if let Some(n) = self.max_instances {
+            set("max_instances", json!(n));
+        }
+        if let Some(n) = self.instance_concurrency {
+            set("concurrency", json!(n));
+        }
+        for (key, duration) in [
+            ("queue_timeout_ms", self.queue_timeout),
+            ("pause_after_ms", self.pause_after),
+            ("idle_timeout_ms", self.idle_timeout),
+        ] {
+            if let Some(duration) = duration {
+                set(key, json!(duration.as_millis() as u64));
+            }
+        }
+        if let Some(cpus) = self.cpus {
+            if !(cpus > 0.0 && cpus <= 1024.0) {
+                bail!("--cpus must be a positive number of cores, got {cpus}");
+            }
+            set("cpu_millis", json!((cpus * 1000.0).round() as u64));
+        }
+        if let Some(n) = self.pids_limit {
+            set("pids_limit", json!(n));
+        }
+        if self.network {
+            set("network", json!(true));
+        }
+        if self.writable_root {
+            set("writable_root", json!(true));
+        }
+        if self.cgi {
+            set("protocol", json!("cgi"));
+        }
+        if let Some(port) = self.port {
+            set("port", json!(port));
+        }
+        Ok(config)
+    }
+}
+
 pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let mut config = serde_json::Map::new();
+    let container = args.container.config()?;
+    if !container.is_empty() {
+        config.insert("container".into(), Value::Object(container));
+    }
     if let Some(timeout) = args.timeout {
         config.insert("timeout_ms".into(), json!(timeout.as_millis() as u64));
     }
@@ -81,9 +184,23 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
         config.insert("allowed_outbound_hosts".into(), json!(args.allow_hosts));
     }
 
-    let reply =
-        client.admin(Method::POST, "/v1/artifacts", Bytes::from(bytes), Some("application/wasm")).await?;
-    let artifact: Value = serde_json::from_slice(&reply.body).context("the server sent invalid JSON")?;
+    let artifact = match (&args.image, &args.source) {
+        (Some(image), _) => {
+            client.send_json(Method::POST, "/v1/artifacts", &json!({ "image": image })).await?
+        }
+        (None, Some(source)) if source.is_dir() || args.dockerfile.is_some() => {
+            let dockerfile = args.dockerfile.as_deref().unwrap_or("Dockerfile");
+            build(client, &args.name, source, dockerfile, args.json).await?
+        }
+        (None, Some(file)) => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let reply = client
+                .admin(Method::POST, "/v1/artifacts", Bytes::from(bytes), Some("application/wasm"))
+                .await?;
+            serde_json::from_slice(&reply.body).context("the server sent invalid JSON")?
+        }
+        (None, None) => bail!("give a .wasm file, a directory with a Dockerfile, or --image"),
+    };
     let digest = artifact["digest"].as_str().context("the upload answer has no digest")?;
     let function = client
         .send_json(
@@ -103,8 +220,68 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
             short(digest.trim_start_matches("sha256:"), 12)
         );
         println!("  {}/fn/{}", client.base(), args.name);
+        if let Some(warning) = function["warning"].as_str() {
+            eprintln!("warning: {warning}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Packs and uploads a build context, showing the build as it runs; returns the artifact.
+async fn build(
+    client: &Client,
+    name: &str,
+    dir: &std::path::Path,
+    dockerfile: &str,
+    quiet: bool,
+) -> Result<Value> {
+    use std::io::IsTerminal as _;
+    let context = crate::pack::pack(dir, dockerfile)?;
+    let path = format!("/v1/artifacts?function={}&dockerfile={}", encode(name), encode(dockerfile));
+    if !quiet {
+        eprintln!("building {} ({} context)", dir.display(), format_bytes(context.len() as u64));
+    }
+    let live = !quiet && std::io::stderr().is_terminal();
+    let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let mut ticks = 0usize;
+    let mut result = None;
+    client
+        .upload_streaming(&path, Bytes::from(context), "application/gzip", |line| {
+            let event: Value =
+                serde_json::from_slice(line).context("the server sent an invalid build event")?;
+            let text = event["text"].as_str().unwrap_or("");
+            match event["type"].as_str() {
+                Some("step") if !quiet => {
+                    if live {
+                        eprint!("\r\x1b[K");
+                    }
+                    eprintln!("{text}");
+                }
+                Some("output") if live => {
+                    ticks += 1;
+                    let width = 100;
+                    eprint!("\r\x1b[K  {} {}", spinner[ticks % spinner.len()], short(text, width));
+                }
+                Some("output") if !quiet => eprintln!("  {text}"),
+                Some("artifact") => result = Some(Ok(event["artifact"].clone())),
+                Some("error") => {
+                    let problem = &event["problem"];
+                    result = Some(Err(anyhow::anyhow!(
+                        "{} {}: {}",
+                        problem["status"],
+                        problem["title"].as_str().unwrap_or(""),
+                        problem["detail"].as_str().unwrap_or("")
+                    )));
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .await?;
+    if live {
+        eprint!("\r\x1b[K");
+    }
+    result.unwrap_or_else(|| bail!("the build stream ended without a result"))
 }
 
 #[derive(Args)]

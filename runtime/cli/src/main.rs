@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod pack;
 mod serve;
 
 use std::path::PathBuf;
@@ -31,7 +32,8 @@ struct Cli {
 enum Command {
     /// Run the platform: the gateway, the admin API and the backends.
     Serve(serve::ServeArgs),
-    /// Upload a .wasm function and make it the current version of NAME.
+    /// Make a new version of NAME from a .wasm file, a directory with a Dockerfile (built into a
+    /// container image, with progress), or an --image already on the Docker engine.
     Deploy(commands::DeployArgs),
     /// Call a function through its HTTP trigger and print the response body.
     Invoke(commands::InvokeArgs),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::function::ArtifactKind;
 use crate::invocation::{Finish, Invocation};
 use crate::problem::ProblemKind;
-use crate::record::{BackendKind, Outcome};
+use crate::record::{BackendKind, Outcome, StartKind};
 
 /// Any error a body stream can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,10 +24,12 @@ pub type InvokeFuture = Pin<Box<dyn Future<Output = Result<BackendResponse, Back
 pub struct BackendResponse {
     /// The response; its body may still be streaming from the function.
     pub response: http::Response<ResponseBody>,
-    /// Whether a new instance was made ready for this call.
-    pub cold_start: bool,
+    /// How the instance that served the call was obtained.
+    pub start: StartKind,
     /// Time spent making the instance ready.
     pub init: Duration,
+    /// Time spent waiting inside the backend for a free instance.
+    pub queued: Duration,
 }
 
 /// Why a call produced no response.
@@ -38,8 +40,8 @@ pub struct BackendError {
     pub kind: ProblemKind,
     /// What happened, for the caller and the record.
     pub detail: String,
-    /// Whether a new instance was made ready for this call.
-    pub cold_start: bool,
+    /// How the instance for the call was obtained (warm when none was).
+    pub start: StartKind,
     /// Time spent making the instance ready.
     pub init: Option<Duration>,
 }
@@ -47,7 +49,7 @@ pub struct BackendError {
 impl BackendError {
     /// An error of `kind`.
     pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), cold_start: false, init: None }
+        Self { kind, detail: detail.into(), start: StartKind::Warm, init: None }
     }
 
     /// The outcome recorded for this error.
@@ -65,7 +67,7 @@ impl BackendError {
             status: self.kind.status(),
             outcome: self.outcome(),
             error: Some(self.detail.clone()),
-            cold_start: self.cold_start,
+            start: self.start,
             init: self.init,
         });
     }

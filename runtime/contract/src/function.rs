@@ -13,6 +13,8 @@ pub enum ArtifactKind {
     WasiHttpComponent,
     /// A WASI preview1 command module speaking CGI 1.1 over stdio.
     CgiModule,
+    /// A container image on the Docker engine, serving HTTP on `$PORT` or CGI over stdio.
+    ContainerImage,
 }
 
 impl ArtifactKind {
@@ -21,7 +23,15 @@ impl ArtifactKind {
         match self {
             Self::WasiHttpComponent => "wasi-http-component",
             Self::CgiModule => "cgi-module",
+            Self::ContainerImage => "container-image",
         }
+    }
+
+    /// Parses [`ArtifactKind::as_str`] back.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::WasiHttpComponent, Self::CgiModule, Self::ContainerImage]
+            .into_iter()
+            .find(|k| k.as_str() == text)
     }
 }
 
@@ -38,7 +48,121 @@ pub struct FunctionConfig {
     /// Most calls of this function in flight at once; more get 429.
     pub concurrency: u32,
     /// Hosts (`host` or `host:port`) the function may send HTTP requests to; none by default.
+    /// Wasm only: a container function is granted the network as a whole with `container.network`.
     pub allowed_outbound_hosts: Vec<String>,
+    /// How a container function's instances are run and pooled (ignored by wasm functions).
+    pub container: ContainerConfig,
+}
+
+/// How a container function speaks the contract inside its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerProtocol {
+    /// The image's command is a long-running server answering HTTP on `$PORT`.
+    Http,
+    /// The image's command is run once per request, CGI 1.1 over stdin and stdout.
+    Cgi,
+}
+
+/// The instance pool and sandbox of a container function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// Instances started at deploy and kept running (reserved, warm); 0 scales to zero.
+    pub min_instances: u32,
+    /// Most instances at once; calls beyond their capacity wait in the queue.
+    pub max_instances: u32,
+    /// Calls one instance serves at once.
+    pub concurrency: u32,
+    /// Longest a call waits in the queue for a free instance before it gets 429.
+    pub queue_timeout_ms: u64,
+    /// An idle instance above `min_instances` is paused after this long.
+    pub pause_after_ms: u64,
+    /// An idle instance above `min_instances` is removed after this long.
+    pub idle_timeout_ms: u64,
+    /// CPU share, in thousandths of a core.
+    pub cpu_millis: u32,
+    /// Most processes and threads in one instance.
+    pub pids_limit: u32,
+    /// Whether the instance has a network (Docker's default bridge); none by default.
+    pub network: bool,
+    /// Whether the image's root file system is writable; read-only by default (`/tmp` is a tmpfs).
+    pub writable_root: bool,
+    /// HTTP on `$PORT`, or CGI over stdio.
+    pub protocol: ContainerProtocol,
+    /// The port the function's server listens on inside the container (its `$PORT`).
+    pub port: u16,
+    /// The command to run instead of the image's entrypoint and command.
+    pub command: Option<Vec<String>>,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        Self {
+            min_instances: 0,
+            max_instances: 10,
+            concurrency: 1,
+            queue_timeout_ms: 10_000,
+            pause_after_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            cpu_millis: 1000,
+            pids_limit: 256,
+            network: false,
+            writable_root: false,
+            protocol: ContainerProtocol::Http,
+            port: 8080,
+            command: None,
+        }
+    }
+}
+
+impl ContainerConfig {
+    /// Checks the pool and sandbox settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_instances == 0 || self.max_instances > 1000 {
+            return Err(format!("container.max_instances must be 1 to 1000, got {}", self.max_instances));
+        }
+        if self.min_instances > self.max_instances {
+            return Err(format!(
+                "container.min_instances ({}) is more than container.max_instances ({})",
+                self.min_instances, self.max_instances
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err("container.concurrency must be at least 1".into());
+        }
+        if self.cpu_millis < 10 {
+            return Err("container.cpu_millis must be at least 10 (a hundredth of a core)".into());
+        }
+        if self.pids_limit < 4 {
+            return Err("container.pids_limit must be at least 4".into());
+        }
+        if self.port == 0 {
+            return Err("container.port must not be 0".into());
+        }
+        if self.idle_timeout_ms < self.pause_after_ms {
+            return Err("container.idle_timeout_ms must not be less than container.pause_after_ms".into());
+        }
+        if self.command.as_ref().is_some_and(|c| c.is_empty() || c.iter().any(|a| a.contains('\0'))) {
+            return Err("container.command must be a non-empty list of arguments without NUL bytes".into());
+        }
+        Ok(())
+    }
+
+    /// How long an idle instance runs before it is paused.
+    pub fn pause_after(&self) -> Duration {
+        Duration::from_millis(self.pause_after_ms)
+    }
+
+    /// How long an idle instance lives before it is removed.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// How long a call may wait for a free instance.
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
 }
 
 impl Default for FunctionConfig {
@@ -49,6 +173,7 @@ impl Default for FunctionConfig {
             env: BTreeMap::new(),
             concurrency: 100,
             allowed_outbound_hosts: Vec::new(),
+            container: ContainerConfig::default(),
         }
     }
 }
@@ -85,7 +210,7 @@ impl FunctionConfig {
         if let Some(value) = self.env.values().find(|v| v.contains('\0')) {
             return Err(format!("environment value `{value}` contains a NUL byte"));
         }
-        Ok(())
+        self.container.validate()
     }
 }
 

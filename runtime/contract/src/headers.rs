@@ -23,7 +23,8 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub const BACKEND: HeaderName = HeaderName::from_static("amphi-backend");
 /// Out: `true` when this call paid for a new instance's initialisation, else `false`.
 pub const COLD_START: HeaderName = HeaderName::from_static("amphi-cold-start");
-/// Out: the standard `Server-Timing` header with the phases `queue`, `init` and `exec`.
+/// Out: the standard `Server-Timing` header with the phases `queue`, `init` and `exec`; `init`
+/// says how the instance was obtained (`desc="warm"`, `"unpause"` or `"cold"`).
 pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 /// The prefix reserved for the platform's headers.
@@ -32,9 +33,15 @@ pub const RESERVED_PREFIX: &str = "amphi-";
 /// Formats `Server-Timing` from the phase durations.
 pub fn server_timing(
     queue: std::time::Duration,
-    init: std::time::Duration,
+    (start, init): (crate::StartKind, std::time::Duration),
     exec: std::time::Duration,
 ) -> String {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    format!("queue;dur={:.3}, init;dur={:.3}, exec;dur={:.3}", ms(queue), ms(init), ms(exec))
+    format!(
+        "queue;dur={:.3}, init;dur={:.3};desc=\"{}\", exec;dur={:.3}",
+        ms(queue),
+        ms(init),
+        start.as_str(),
+        ms(exec)
+    )
 }

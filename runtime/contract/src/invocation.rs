@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::function::FunctionVersion;
-use crate::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome};
+use crate::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};
 
 /// Where invocation records and log lines go (the log store, in a server).
 ///
@@ -35,8 +35,8 @@ pub struct Finish {
     pub outcome: Outcome,
     /// What went wrong, if anything.
     pub error: Option<String>,
-    /// Whether a new instance was made ready for this call.
-    pub cold_start: bool,
+    /// How the instance that served the call was obtained.
+    pub start: StartKind,
     /// How long making it ready took.
     pub init: Option<Duration>,
 }
@@ -119,7 +119,8 @@ impl Invocation {
             start_us: self.start_us,
             duration_us: self.admitted.elapsed().as_micros() as u64,
             init_us: finish.init.map(|d| d.as_micros() as u64),
-            cold_start: finish.cold_start,
+            cold_start: finish.start == StartKind::Cold,
+            start: finish.start,
             outcome: finish.outcome,
             status: finish.status,
             error: finish.error,
@@ -138,7 +139,7 @@ impl Drop for Invocation {
                 error: Some(
                     "the call was abandoned before it finished (client gone or server stopping)".into(),
                 ),
-                cold_start: false,
+                start: StartKind::Warm,
                 init: None,
             });
         }
@@ -319,7 +320,7 @@ mod tests {
             status: 200,
             outcome: Outcome::Success,
             error: None,
-            cold_start: false,
+            start: StartKind::Warm,
             init: None,
         });
         let lines = sink.lines.lock().expect("lock");

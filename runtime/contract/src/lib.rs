@@ -12,6 +12,7 @@
 //! - [`backend`]: the trait the gateway dispatches to.
 
 pub mod backend;
+pub mod cgi;
 pub mod function;
 pub mod headers;
 pub mod invocation;
@@ -25,7 +26,7 @@ pub use backend::{
 pub use function::{ArtifactKind, FunctionConfig, FunctionVersion};
 pub use invocation::{Finish, Invocation, LogCapture, TelemetrySink};
 pub use problem::{Problem, ProblemKind};
-pub use record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome};
+pub use record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};
 
 /// The version of the contract this crate implements (`amphi-contract: 1` in CONTRACT.md).
 pub const CONTRACT_VERSION: u32 = 1;

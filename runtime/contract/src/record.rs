@@ -22,6 +22,34 @@ impl BackendKind {
     }
 }
 
+/// How the instance that served a call was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartKind {
+    /// A ready instance (a wasm instance from a prepared component; a running container).
+    Warm,
+    /// A paused container, resumed for the call.
+    Unpause,
+    /// A new instance: a wasm component compiled or loaded for the first time, a container started.
+    Cold,
+}
+
+impl StartKind {
+    /// The name in records, `Server-Timing` and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Unpause => "unpause",
+            Self::Cold => "cold",
+        }
+    }
+
+    /// Parses [`StartKind::as_str`] back.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Warm, Self::Unpause, Self::Cold].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,8 +106,10 @@ pub struct InvocationRecord {
     pub duration_us: u64,
     /// Time spent making a new instance ready, on cold starts.
     pub init_us: Option<u64>,
-    /// Whether this call paid for a new instance's initialisation.
+    /// Whether this call paid for a new instance's initialisation (`start` is `cold`).
     pub cold_start: bool,
+    /// How the instance that served the call was obtained.
+    pub start: StartKind,
     /// How the call ended.
     pub outcome: Outcome,
     /// The HTTP status the caller received.
@@ -102,6 +132,8 @@ pub enum LogStream {
     Stderr,
     /// A line the platform wrote about the call (truncation, failure reason).
     Platform,
+    /// Output of building the function's container image.
+    Build,
 }
 
 impl LogStream {
@@ -111,12 +143,13 @@ impl LogStream {
             Self::Stdout => "stdout",
             Self::Stderr => "stderr",
             Self::Platform => "platform",
+            Self::Build => "build",
         }
     }
 
     /// Parses [`LogStream::as_str`] back.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Stdout, Self::Stderr, Self::Platform].into_iter().find(|s| s.as_str() == text)
+        [Self::Stdout, Self::Stderr, Self::Platform, Self::Build].into_iter().find(|s| s.as_str() == text)
     }
 }
 
@@ -129,7 +162,8 @@ pub struct LogLine {
     pub ts_us: u64,
     /// The function's name.
     pub function: String,
-    /// The invocation that wrote it.
+    /// The invocation that wrote it; empty for lines written outside any call (a container
+    /// instance starting, an image build).
     pub invocation_id: String,
     /// stdout, stderr or platform.
     pub stream: LogStream,

@@ -3,7 +3,7 @@
 //!
 //! | method and path | what it does |
 //! |---|---|
-//! | `POST /v1/artifacts` | upload a `.wasm` (validated and compiled) → `{digest, kind, size}` |
+//! | `POST /v1/artifacts` | upload a `.wasm` (validated and compiled), a build context (built into an image; `dockerfile`, `function`; NDJSON progress with `Accept: application/x-ndjson`) or `{"image": ref}` → `{digest, kind, size}` |
 //! | `GET /v1/functions` | the current version of every function |
 //! | `PUT /v1/functions/{name}` | `{digest, config}` → a new version, current at once |
 //! | `GET /v1/functions/{name}` | the current version and every version |
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amphi_contract::function::FunctionConfig;
+use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
 use amphi_contract::invocation::now_unix_us;
 use amphi_contract::{Problem, ProblemKind, ResponseBody};
 use amphi_store::logs::{InvocationQuery, LogQuery};
@@ -29,9 +29,9 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::follow;
 use crate::platform::{Platform, blocking, internal};
 use crate::respond::{self, json, problem, problem_of};
+use crate::{build, follow};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
@@ -80,7 +80,7 @@ async fn route(
     let query = query_params(request.uri().query());
     let method = request.method().clone();
     match (&method, segments.as_slice()) {
-        (&Method::POST, ["artifacts"]) => upload(platform, request).await,
+        (&Method::POST, ["artifacts"]) => upload(platform, request, &query).await,
         (&Method::GET, ["functions"]) => Ok(json(StatusCode::OK, &platform.functions())),
         (&Method::GET, ["functions", name]) => describe(platform, name).await,
         (&Method::PUT, ["functions", name]) => deploy(platform, name, request).await,
@@ -130,13 +130,37 @@ async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -
         .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid JSON: {e}")))
 }
 
+/// An upload is one of: a `.wasm` file; a build context (tar or tar.gz, see [`build`]); or
+/// `{"image": "name:tag"}` (JSON) naming an image already on the Docker engine.
 async fn upload(
     platform: &Arc<Platform>,
     request: Request<Incoming>,
+    query: &HashMap<String, String>,
 ) -> Result<Response<ResponseBody>, Problem> {
+    let is_json = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let streaming = request
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if is_json {
+        return build::import_image(platform, read_json(request).await?).await;
+    }
     let body = read_body(request, platform.config.max_upload_bytes as usize).await?;
     if body.is_empty() {
         return Err(Problem::new(ProblemKind::BadRequest, "the upload is empty"));
+    }
+    if amphi_container::context::looks_like_context(&body) {
+        let build = build::BuildRequest {
+            context: body,
+            dockerfile: query.get("dockerfile").cloned().unwrap_or_else(|| "Dockerfile".into()),
+            function: query.get("function").cloned(),
+        };
+        return build::build(platform, build, streaming).await;
     }
     let (artifact, created) = platform.upload(body).await?;
     Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &artifact))
@@ -156,8 +180,8 @@ async fn deploy(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Problem> {
     let DeployRequest { digest, config } = read_json(request).await?;
-    let function = platform.deploy(name.to_string(), digest, config).await?;
-    Ok(json(StatusCode::CREATED, &function))
+    let deployed = platform.deploy(name.to_string(), digest, config).await?;
+    Ok(deployed_response(deployed))
 }
 
 async fn update(
@@ -173,14 +197,27 @@ async fn update(
     }
     let config: FunctionConfig = serde_json::from_value(config)
         .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid config: {e}")))?;
-    let function = platform.deploy(name.to_string(), current.digest.clone(), config).await?;
-    Ok(json(StatusCode::CREATED, &function))
+    let deployed = platform.deploy(name.to_string(), current.digest.clone(), config).await?;
+    Ok(deployed_response(deployed))
+}
+
+/// The new version; a warning (reserved instances that did not start) rides along.
+fn deployed_response((function, warning): (FunctionVersion, Option<String>)) -> Response<ResponseBody> {
+    let mut body = serde_json::to_value(&function).unwrap_or_default();
+    if let (Some(warning), Some(fields)) = (warning, body.as_object_mut()) {
+        fields.insert("warning".into(), warning.into());
+    }
+    json(StatusCode::CREATED, &body)
 }
 
 async fn describe(platform: &Arc<Platform>, name: &str) -> Result<Response<ResponseBody>, Problem> {
     let current = platform.route(name).ok_or_else(|| not_found(name))?.function;
     let versions = platform.versions(name.to_string()).await?;
-    Ok(json(StatusCode::OK, &json!({ "function": current, "versions": versions })))
+    let mut body = json!({ "function": current, "versions": versions });
+    if current.kind == ArtifactKind::ContainerImage {
+        body["instances"] = json!(platform.container.instances(name));
+    }
+    Ok(json(StatusCode::OK, &body))
 }
 
 async fn logs(

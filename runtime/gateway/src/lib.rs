@@ -7,6 +7,7 @@
 //! - [`platform`]: registry, artifacts, log store, backends and the live route table.
 
 pub mod admin;
+pub mod build;
 pub mod config;
 pub mod follow;
 pub mod platform;

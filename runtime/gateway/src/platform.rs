@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use amphi_contract::function::{FunctionConfig, FunctionVersion, validate_name};
+use amphi_container::ContainerBackend;
+use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion, validate_name};
 use amphi_contract::{Backend, Problem, ProblemKind};
 use amphi_store::artifacts::Artifacts;
 use amphi_store::logs::LogStore;
@@ -50,6 +51,8 @@ pub struct Platform {
     pub logs: Arc<LogStore>,
     /// The wasm backend.
     pub wasm: Arc<WasmBackend>,
+    /// The container backend.
+    pub container: Arc<ContainerBackend>,
     backends: Vec<Arc<dyn Backend>>,
     routes: RwLock<HashMap<String, Route>>,
     deploys: tokio::sync::Mutex<()>,
@@ -76,12 +79,15 @@ impl Platform {
         let registry = Registry::open(&data)?;
         let logs = Arc::new(LogStore::open(&data, config.logs.clone())?);
         let wasm = Arc::new(WasmBackend::new(config.wasm.clone(), artifacts.clone())?);
-        let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone()];
+        let container = ContainerBackend::new(data.path(), data.installation_id()?, logs.clone())
+            .map_err(|e| GatewayError::Startup(e.to_string()))?;
+        let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone(), container.clone()];
         let platform = Self {
             registry,
             artifacts,
             logs,
             wasm,
+            container,
             backends,
             routes: RwLock::default(),
             deploys: tokio::sync::Mutex::new(()),
@@ -93,6 +99,14 @@ impl Platform {
             platform.install_route(function)?;
         }
         Ok((platform, source))
+    }
+
+    /// Starts the backends' background work (the container backend's clean-up and reserved
+    /// instances). Call once, on the runtime.
+    pub fn start_backends(&self) {
+        let containers =
+            self.functions().into_iter().filter(|f| f.kind == ArtifactKind::ContainerImage).collect();
+        self.container.start(containers);
     }
 
     /// The admin token.
@@ -151,21 +165,53 @@ impl Platform {
         .await
     }
 
-    /// Makes `digest` with `config` the new current version of `name`. Durable when it returns.
+    /// Registers an image already on the engine (its id is the artifact digest).
+    pub async fn register_image(
+        self: &Arc<Self>,
+        image: amphi_container::ImageInfo,
+    ) -> Result<(ArtifactInfo, bool), Problem> {
+        let platform = self.clone();
+        blocking(move || {
+            if let Some(known) = platform.registry.artifact(&image.id).map_err(internal)? {
+                return Ok((known, false));
+            }
+            let info =
+                ArtifactInfo { digest: image.id, kind: ArtifactKind::ContainerImage, size: image.size };
+            platform.registry.add_artifact(&info).map_err(internal)?;
+            Ok((info, true))
+        })
+        .await
+    }
+
+    /// Makes `digest` with `config` the new current version of `name`. Durable when it returns;
+    /// a container function's `min_instances` are started before it returns, and a failure to
+    /// start them comes back as the warning.
     pub async fn deploy(
         self: &Arc<Self>,
         name: String,
         digest: String,
         config: FunctionConfig,
-    ) -> Result<FunctionVersion, Problem> {
+    ) -> Result<(FunctionVersion, Option<String>), Problem> {
         validate_name(&name).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
-        config
-            .validate()
-            .and_then(|()| self.wasm.check_config(&config))
-            .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
+        config.validate().map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
         let _serialised = self.deploys.lock().await;
         let platform = self.clone();
         let function = blocking(move || {
+            let unknown = |digest: &str| {
+                Problem::new(
+                    ProblemKind::UnprocessableEntity,
+                    format!("no artifact {digest} was uploaded (POST /v1/artifacts first)"),
+                )
+            };
+            let artifact =
+                platform.registry.artifact(&digest).map_err(internal)?.ok_or_else(|| unknown(&digest))?;
+            match artifact.kind {
+                ArtifactKind::ContainerImage => platform.container.check_config(&config),
+                ArtifactKind::WasiHttpComponent | ArtifactKind::CgiModule => {
+                    platform.wasm.check_config(&config)
+                }
+            }
+            .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
             platform.registry.deploy(&name, &digest, &config).map_err(|e| match e {
                 StoreError::UnknownArtifact(digest) => Problem::new(
                     ProblemKind::UnprocessableEntity,
@@ -175,8 +221,17 @@ impl Platform {
             })
         })
         .await?;
-        self.install_route(function.clone()).map_err(internal)?;
-        Ok(function)
+        let current = self.install_route(function.clone()).map_err(internal)?;
+        let warning = match function.kind {
+            ArtifactKind::ContainerImage => self.container.warm(current).await.err().map(|e| {
+                format!(
+                    "version {} is deployed, but its reserved instances did not start: {e}",
+                    function.version
+                )
+            }),
+            _ => None,
+        };
+        Ok((function, warning))
     }
 
     /// Deletes `name`. Calls in flight finish on the version they started with.
@@ -193,7 +248,7 @@ impl Platform {
         Ok(existed)
     }
 
-    fn install_route(&self, function: FunctionVersion) -> Result<(), GatewayError> {
+    fn install_route(&self, function: FunctionVersion) -> Result<Arc<FunctionVersion>, GatewayError> {
         let backend = self
             .backends
             .iter()
@@ -206,6 +261,7 @@ impl Platform {
             backend,
         };
         let name = route.function.name.clone();
+        let current = route.function.clone();
         let previous = self
             .routes
             .write()
@@ -214,7 +270,7 @@ impl Platform {
         if let Some(previous) = previous {
             previous.backend.retire(&name);
         }
-        Ok(())
+        Ok(current)
     }
 }
 

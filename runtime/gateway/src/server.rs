@@ -36,6 +36,7 @@ impl Server {
             .map_err(|e| GatewayError::Startup(e.to_string()))??;
         let listener =
             TcpListener::bind(listen).await.map_err(|source| GatewayError::Bind { addr: listen, source })?;
+        platform.start_backends();
         Ok(Self { platform: Arc::new(platform), listener, token_source })
     }
 
@@ -99,6 +100,7 @@ impl Server {
         if tokio::time::timeout(platform.config.drain_timeout, graceful.shutdown()).await.is_err() {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
+        platform.container.shutdown().await;
         let logs = platform.logs.clone();
         let _ = tokio::task::spawn_blocking(move || logs.flush()).await;
         Ok(())

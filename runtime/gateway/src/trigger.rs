@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use amphi_contract::headers::{self, RESERVED_PREFIX};
 use amphi_contract::{
-    BackendError, BackendResponse, ConnectionInfo, Invocation, Problem, ProblemKind, ResponseBody,
+    BackendError, BackendResponse, ConnectionInfo, Invocation, Problem, ProblemKind, ResponseBody, StartKind,
 };
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
@@ -107,15 +107,14 @@ pub async fn invoke(
 
     let dispatched = Instant::now();
     match route.backend.invoke(invocation, request).await {
-        Ok(BackendResponse { response, cold_start, init }) => {
-            let exec = dispatched.elapsed().saturating_sub(init);
+        Ok(BackendResponse { response, start, init, queued }) => {
+            let exec = dispatched.elapsed().saturating_sub(init + queued);
             let (mut parts, body) = response.into_parts();
             insert_contract_headers(
                 &mut parts.headers,
                 &id,
                 backend.as_str(),
-                cold_start,
-                (queue, init, exec),
+                (queue + queued, (start, init), exec),
             );
             let body = PermitBody { inner: body, _permit: permit }.boxed_unsync();
             Response::from_parts(parts, body)
@@ -199,15 +198,17 @@ fn insert_contract_headers(
     headers: &mut HeaderMap,
     id: &str,
     backend: &'static str,
-    cold_start: bool,
-    (queue, init, exec): (Duration, Duration, Duration),
+    (queue, (start, init), exec): (Duration, (StartKind, Duration), Duration),
 ) {
     if let Ok(id) = HeaderValue::from_str(id) {
         headers.insert(headers::INVOCATION_ID, id);
     }
     headers.insert(headers::BACKEND, HeaderValue::from_static(backend));
-    headers.insert(headers::COLD_START, HeaderValue::from_static(if cold_start { "true" } else { "false" }));
-    if let Ok(timing) = HeaderValue::from_str(&headers::server_timing(queue, init, exec)) {
+    headers.insert(
+        headers::COLD_START,
+        HeaderValue::from_static(if start == StartKind::Cold { "true" } else { "false" }),
+    );
+    if let Ok(timing) = HeaderValue::from_str(&headers::server_timing(queue, (start, init), exec)) {
         headers.insert(headers::SERVER_TIMING, timing);
     }
 }
@@ -224,8 +225,7 @@ fn failure_response(
         response.headers_mut(),
         id,
         backend,
-        error.cold_start,
-        (queue, init, Duration::ZERO),
+        (queue, (error.start, init), Duration::ZERO),
     );
     response
 }

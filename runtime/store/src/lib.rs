@@ -60,6 +60,7 @@ pub struct DataDir {
 }
 
 const TOKEN_FILE: &str = "admin-token";
+const INSTALLATION_FILE: &str = "installation-id";
 
 impl DataDir {
     /// Opens (creating it if needed) the data directory at `path`.
@@ -96,6 +97,21 @@ impl DataDir {
     /// Stores the admin token, readable by the owner only.
     pub fn store_token(&self, token: &str) -> Result<(), StoreError> {
         write_durably(&self.dir, TOKEN_FILE, token.as_bytes(), Some(0o600))
+    }
+
+    /// A random id made once per data directory. Container backends label what they create with
+    /// it, so a server cleans up after its own earlier runs and never touches another server's.
+    pub fn installation_id(&self) -> Result<String, StoreError> {
+        match self.dir.read_to_string(INSTALLATION_FILE) {
+            Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Io { what: "reading the installation id".into(), source: e }),
+        }
+        let bytes: [u8; 8] = rand::random();
+        let id = hex::encode(bytes);
+        write_durably(&self.dir, INSTALLATION_FILE, id.as_bytes(), None)?;
+        Ok(id)
     }
 }
 

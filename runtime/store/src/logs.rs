@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use amphi_contract::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome};
+use amphi_contract::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};
 use amphi_contract::{TelemetrySink, invocation::now_unix_us};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
@@ -141,14 +141,15 @@ CREATE TABLE IF NOT EXISTS invocations (
     status INTEGER NOT NULL,
     error TEXT,
     log_lines INTEGER NOT NULL,
-    log_truncated INTEGER NOT NULL
+    log_truncated INTEGER NOT NULL,
+    start TEXT NOT NULL DEFAULT 'warm'
 );
 CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function, seq);
 CREATE INDEX IF NOT EXISTS invocations_by_time ON invocations (start_us);
 ";
 
 const RECORD_COLUMNS: &str = "seq, id, function, version, backend, trigger, method, path, start_us, duration_us, \
-                              init_us, cold_start, outcome, status, error, log_lines, log_truncated";
+                              init_us, cold_start, outcome, status, error, log_lines, log_truncated, start";
 const MAX_BATCH: usize = 8192;
 /// How long the writer lets items gather before it commits them.
 const LINGER: Duration = Duration::from_millis(5);
@@ -162,6 +163,7 @@ impl LogStore {
         let writer_conn = Connection::open(&path)?;
         writer_conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
         writer_conn.execute_batch(SCHEMA)?;
+        add_start_column(&writer_conn)?;
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only=ON;")?;
 
@@ -309,8 +311,22 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
             error: row.get(14)?,
             log_lines: row.get::<_, i64>(15)? as u64,
             log_truncated: row.get(16)?,
+            start: StartKind::parse(&row.get::<_, String>(17)?).unwrap_or(StartKind::Warm),
         },
     })
+}
+
+/// Log stores written before records had a `start` column get it (their calls count as warm).
+fn add_start_column(conn: &Connection) -> Result<(), StoreError> {
+    let has_start: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('invocations') WHERE name = 'start'",
+        [],
+        |row| row.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_start {
+        conn.execute_batch("ALTER TABLE invocations ADD COLUMN start TEXT NOT NULL DEFAULT 'warm'")?;
+    }
+    Ok(())
 }
 
 struct Writer {
@@ -364,8 +380,8 @@ impl Writer {
             )?;
             let mut insert_record = tx.prepare_cached(
                 "INSERT OR REPLACE INTO invocations (id, function, version, backend, trigger, method, path, \
-                 start_us, duration_us, init_us, cold_start, outcome, status, error, log_lines, log_truncated) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 start_us, duration_us, init_us, cold_start, outcome, status, error, log_lines, log_truncated, \
+                 start) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?;
             for op in batch {
                 match op {
@@ -398,6 +414,7 @@ impl Writer {
                             record.error,
                             record.log_lines as i64,
                             record.log_truncated,
+                            record.start.as_str(),
                         ])?;
                         let seq = tx.last_insert_rowid() as u64;
                         committed.push(StoredEvent::Invocation(StoredRecord { seq, record }));
@@ -481,6 +498,7 @@ mod tests {
             duration_us: 10,
             init_us: None,
             cold_start: false,
+            start: StartKind::Warm,
             outcome: Outcome::Success,
             status: 200,
             error: None,

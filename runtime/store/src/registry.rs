@@ -184,11 +184,7 @@ impl Registry {
 }
 
 fn parse_kind(kind: &str) -> Result<ArtifactKind, StoreError> {
-    match kind {
-        "wasi-http-component" => Ok(ArtifactKind::WasiHttpComponent),
-        "cgi-module" => Ok(ArtifactKind::CgiModule),
-        other => Err(StoreError::Corrupt(format!("unknown artifact kind `{other}`"))),
-    }
+    ArtifactKind::parse(kind).ok_or_else(|| StoreError::Corrupt(format!("unknown artifact kind `{kind}`")))
 }
 
 pub(crate) fn now_ms() -> u64 {

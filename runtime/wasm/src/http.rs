@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use amphi_contract::record::LogStream;
+use amphi_contract::record::{LogStream, StartKind};
 use amphi_contract::{BackendError, BackendResponse, BoxError, Finish, Invocation, Outcome, ProblemKind};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -133,7 +133,7 @@ pub async fn invoke(
     };
 
     let (init_tx, init_rx) = tokio::sync::oneshot::channel();
-    let cold_start = code_load.is_some();
+    let start = if code_load.is_some() { StartKind::Cold } else { StartKind::Warm };
     // Until the response head is handed over, the caller going away (this future dropped) stops
     // the guest; its invocation then records the call as abandoned.
     let mut guest = AbortOnDrop(Some(tokio::spawn(async move {
@@ -163,7 +163,7 @@ pub async fn invoke(
                 status: sent_status,
                 outcome: Outcome::Success,
                 error: None,
-                cold_start,
+                start,
                 init,
             }),
             // The caller already has the response head: the record keeps its status and says why
@@ -172,11 +172,11 @@ pub async fn invoke(
                 status: sent_status,
                 outcome: error.outcome(),
                 error: Some(format!("after the response started: {}", error.detail)),
-                cold_start,
+                start,
                 init,
             }),
             Some(mut error) => {
-                error.cold_start = cold_start;
+                error.start = start;
                 error.init = init;
                 error.finish(invocation);
                 return Err(error);
@@ -192,8 +192,9 @@ pub async fn invoke(
         // The guest streams the body on its own from here.
         Ok(Ok(response)) => Ok(BackendResponse {
             response: response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
-            cold_start,
+            start,
             init,
+            queued: std::time::Duration::ZERO,
         }),
         // An error code instead of a response, or no response at all: the guest task has the
         // reason (and writes the record).

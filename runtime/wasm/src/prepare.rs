@@ -162,6 +162,7 @@ impl Preparer {
                 let code = module.serialize().map_err(invalid)?;
                 Ok((self.link_module(&module)?, code))
             }
+            ArtifactKind::ContainerImage => Err(not_wasm()),
         }
     }
 
@@ -180,6 +181,7 @@ impl Preparer {
                 let module = unsafe { Module::deserialize(&self.engine, code) }.map_err(invalid)?;
                 self.link_module(&module)
             }
+            ArtifactKind::ContainerImage => Err(not_wasm()),
         }
     }
 
@@ -210,4 +212,8 @@ impl Preparer {
         })?;
         Ok(Prepared::Cgi(pre))
     }
+}
+
+fn not_wasm() -> PrepareError {
+    PrepareError::Unsupported("a container image is not a wasm artifact".into())
 }

@@ -1,0 +1,111 @@
+//! What happens inside the instance, as the gateway hears it: one NDJSON event per line.
+//!
+//! `{"type":"log","invocation":ID,"stream":"stdout"|"stderr","line":TEXT}`: a line of output;
+//! `invocation` is empty when no call, or more than one, was in flight.
+//! `{"type":"ready","init_us":N}`: the function answers; calls may come.
+//! `{"type":"end","invocation":ID}`: every line of that call has been sent before this one.
+//! `{"type":"exit","code":N}`: the function's process ended; the instance is going away.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// The event hub of the instance.
+pub struct Events {
+    state: Mutex<State>,
+    exit: watch::Sender<Option<u8>>,
+}
+
+struct State {
+    sender: mpsc::UnboundedSender<Bytes>,
+    /// Taken by the gateway's one events connection; events wait in the channel until then.
+    receiver: Option<mpsc::UnboundedReceiver<Bytes>>,
+    in_flight: Vec<String>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            state: Mutex::new(State { sender, receiver: Some(receiver), in_flight: Vec::new() }),
+            exit: watch::Sender::new(None),
+        }
+    }
+}
+
+impl Events {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The event stream, for the first caller only.
+    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Bytes>> {
+        self.state().receiver.take()
+    }
+
+    fn send(state: &State, event: serde_json::Value) {
+        let mut line = event.to_string().into_bytes();
+        line.push(b'\n');
+        let _ = state.sender.send(Bytes::from(line));
+    }
+
+    /// A line of the long-running function's output, attributed to the call in flight if exactly
+    /// one is.
+    pub fn log(&self, stream: &str, line: &str) {
+        let state = self.state();
+        let invocation = match state.in_flight.as_slice() {
+            [only] => only.as_str(),
+            _ => "",
+        };
+        Self::send(&state, json!({"type": "log", "invocation": invocation, "stream": stream, "line": line}));
+    }
+
+    /// A line written by the process serving `invocation` alone (CGI).
+    pub fn log_for(&self, invocation: &str, stream: &str, line: &str) {
+        let state = self.state();
+        Self::send(&state, json!({"type": "log", "invocation": invocation, "stream": stream, "line": line}));
+    }
+
+    /// The function is ready for calls.
+    pub fn ready(&self, init: Duration) {
+        let state = self.state();
+        Self::send(&state, json!({"type": "ready", "init_us": init.as_micros() as u64}));
+    }
+
+    /// A call begins.
+    pub fn begin(&self, invocation: &str) {
+        self.state().in_flight.push(invocation.to_string());
+    }
+
+    /// A call ended and all its output has been sent.
+    pub fn end(&self, invocation: &str) {
+        let mut state = self.state();
+        if let Some(at) = state.in_flight.iter().position(|i| i == invocation) {
+            state.in_flight.swap_remove(at);
+        }
+        Self::send(&state, json!({"type": "end", "invocation": invocation}));
+    }
+
+    /// The function's process ended with `code`; the shim ends too.
+    pub fn exited(&self, code: u8) {
+        Self::send(&self.state(), json!({"type": "exit", "code": code}));
+        self.exit.send_replace(Some(code));
+    }
+
+    /// Resolves with the exit code once the function's process has ended, leaving the gateway a
+    /// moment to read the last events.
+    pub fn exit_code(&self) -> impl std::future::Future<Output = u8> + 'static {
+        let mut exit = self.exit.subscribe();
+        async move {
+            let code = match exit.wait_for(Option::is_some).await {
+                Ok(code) => code.unwrap_or(1),
+                Err(_) => 1,
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            code
+        }
+    }
+}
