@@ -528,9 +528,12 @@ pub async fn remove(client: &Client, args: NameArgs) -> Result<ExitCode> {
 
 fn log_line(line: &Value) -> String {
     format!(
-        "{}  {}  {:<8}  {}",
+        "{}  {:<36}  {:<8}  {}",
         timestamp(line["ts_us"].as_u64()),
-        short(line["invocation_id"].as_str().unwrap_or("?"), 36),
+        match line["invocation_id"].as_str().unwrap_or("?") {
+            "" => "-",
+            id => short(id, 36),
+        },
         line["stream"].as_str().unwrap_or("?"),
         line["line"].as_str().unwrap_or("")
     )

@@ -4,7 +4,8 @@
 //! `invocation` is empty when no call, or more than one, was in flight.
 //! `{"type":"ready","init_us":N}`: the function answers; calls may come.
 //! `{"type":"end","invocation":ID}`: every line of that call has been sent before this one.
-//! `{"type":"exit","code":N}`: the function's process ended; the instance is going away.
+//! `{"type":"exit","code":N,"oom":bool}`: the function's process ended (`oom`: the kernel killed
+//! a process of the container for memory); the instance is going away.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -91,7 +92,8 @@ impl Events {
 
     /// The function's process ended with `code`; the shim ends too.
     pub fn exited(&self, code: u8) {
-        Self::send(&self.state(), json!({"type": "exit", "code": code}));
+        let oom = code == 137 && killed_for_memory();
+        Self::send(&self.state(), json!({"type": "exit", "code": code, "oom": oom}));
         self.exit.send_replace(Some(code));
     }
 
@@ -108,4 +110,20 @@ impl Events {
             code
         }
     }
+}
+
+/// Whether the kernel's OOM killer has killed a process of this container: the memory cgroup's
+/// `oom_kill` counter, as cgroup v2 (`memory.events`) or v1 (`memory.oom_control`) shows it. The
+/// engine's own `OOMKilled` flag only covers the container's first process, which is not the
+/// function here.
+fn killed_for_memory() -> bool {
+    ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"].iter().any(|file| {
+        std::fs::read_to_string(file).is_ok_and(|text| {
+            text.lines().any(|line| {
+                line.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+    })
 }

@@ -22,6 +22,8 @@ pub struct ImageInfo {
     pub size: u64,
     /// What it runs: its entrypoint followed by its command.
     pub command: Vec<String>,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
 }
 
 /// Something the build printed.
@@ -77,6 +79,7 @@ pub async fn inspect(engine: &Engine, reference: &str) -> Result<ImageInfo, Engi
         id: image.id.unwrap_or_default(),
         size: image.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
         command,
+        labels: config.labels.unwrap_or_default(),
     })
 }
 

@@ -61,11 +61,22 @@ pub struct Shared {
     pub shim: PathBuf,
 }
 
+/// What an instance runs, from the function's config and its image.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The command behind the shim.
+    pub command: Vec<String>,
+    /// How the command speaks the contract.
+    pub protocol: ContainerProtocol,
+}
+
 /// How an instance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
     /// The function's exit code, when the shim reported one.
     pub code: Option<u8>,
+    /// Whether the kernel killed it for memory, as the shim saw it.
+    pub oom: bool,
 }
 
 /// Why an instance did not become ready.
@@ -120,10 +131,20 @@ pub struct Instance {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Event {
-    Log { invocation: String, stream: String, line: String },
+    Log {
+        invocation: String,
+        stream: String,
+        line: String,
+    },
     Ready {},
-    End { invocation: String },
-    Exit { code: u8 },
+    End {
+        invocation: String,
+    },
+    Exit {
+        code: u8,
+        #[serde(default)]
+        oom: bool,
+    },
 }
 
 impl Instance {
@@ -132,7 +153,7 @@ impl Instance {
     pub async fn start(
         shared: &Arc<Shared>,
         function: &FunctionVersion,
-        command: Vec<String>,
+        launch: &Launch,
     ) -> Result<Arc<Self>, StartError> {
         let id = hex::encode(rand::random::<[u8; 6]>());
         let run_dir = shared.run_root.join(&id);
@@ -145,7 +166,7 @@ impl Instance {
             .map_err(|e| {
                 StartError::Failed(format!("cannot make the run directory {}: {e}", run_dir.display()))
             })?;
-        let body = container_spec(shared, function, command, &run_dir);
+        let body = container_spec(shared, function, launch, &run_dir);
         let name = format!("amphi-{}-{id}", function.name);
         let created = shared
             .engine
@@ -242,7 +263,7 @@ impl Instance {
         // The stream ended: the shim, and with it the container, is gone.
         self.exit.send_if_modified(|exit| {
             if exit.is_none() {
-                *exit = Some(Exit { code: None });
+                *exit = Some(Exit { code: None, oom: false });
                 true
             } else {
                 false
@@ -311,8 +332,8 @@ impl Instance {
                     let _ = ended.send(());
                 }
             }
-            Event::Exit { code } => {
-                self.exit.send_replace(Some(Exit { code: Some(code) }));
+            Event::Exit { code, oom } => {
+                self.exit.send_replace(Some(Exit { code: Some(code), oom }));
             }
             Event::Ready {} => {}
         }
@@ -392,6 +413,7 @@ impl Instance {
         let mut exit = self.exit.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await;
         let reported = exit.borrow().and_then(|e| e.code);
+        let reported_oom = exit.borrow().is_some_and(|e| e.oom);
         let container = self.container.clone();
         let state = tokio::time::timeout(
             Duration::from_secs(2),
@@ -401,7 +423,7 @@ impl Instance {
         .ok()
         .and_then(Result::ok)
         .and_then(|c| c.state);
-        let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        let oom = reported_oom || state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
         let code = reported.map(i64::from).or_else(|| state.as_ref().and_then(|s| s.exit_code));
         let mut text = match code {
             Some(code) => format!("the instance exited with code {code} {when}"),
@@ -460,7 +482,7 @@ impl Instance {
 fn container_spec(
     shared: &Shared,
     function: &FunctionVersion,
-    command: Vec<String>,
+    launch: &Launch,
     run_dir: &std::path::Path,
 ) -> ContainerCreateBody {
     let config = &function.config;
@@ -468,11 +490,7 @@ fn container_spec(
     let mut env: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.push(format!("PORT={}", container.port));
     env.push(format!("AMPHI_SHIM_SOCKET={RUN_IN_CONTAINER}/{SOCKET_NAME}"));
-    let protocol = match container.protocol {
-        ContainerProtocol::Http => "http",
-        ContainerProtocol::Cgi => "cgi",
-    };
-    env.push(format!("AMPHI_SHIM_PROTOCOL={protocol}"));
+    env.push(format!("AMPHI_SHIM_PROTOCOL={}", launch.protocol.as_str()));
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_INSTALLATION.to_string(), shared.installation.clone()),
@@ -483,7 +501,7 @@ fn container_spec(
     ContainerCreateBody {
         image: Some(function.digest.clone()),
         entrypoint: Some(vec![SHIM_IN_CONTAINER.to_string()]),
-        cmd: Some(command),
+        cmd: Some(launch.command.clone()),
         env: Some(env),
         labels: Some(labels),
         host_config: Some(HostConfig {

@@ -109,7 +109,7 @@ impl ContainerBackend {
                 match backend.reconcile().await {
                     Ok(0) => break,
                     Ok(removed) => {
-                        tracing::info!(removed, "removed containers an earlier run left behind");
+                        tracing::info!(removed, "removing containers an earlier run left behind");
                         break;
                     }
                     Err(e) => {
@@ -147,7 +147,7 @@ impl ContainerBackend {
         self.retired.lock().unwrap_or_else(PoisonError::into_inner).retain(|pool| !pool.tidy());
     }
 
-    /// Removes every container of this installation; returns how many there were.
+    /// Removes every container of this installation; returns how many the engine listed.
     async fn reconcile(&self) -> Result<usize, EngineError> {
         let label = format!("{LABEL_INSTALLATION}={}", self.shared.installation);
         let options = ListContainersOptions {
@@ -160,7 +160,7 @@ impl ContainerBackend {
             .engine
             .run(|docker| async move { docker.list_containers(Some(options)).await })
             .await?;
-        let mut removed = 0;
+        let listed = containers.len();
         for id in containers.into_iter().filter_map(|c| c.id) {
             let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
             match self
@@ -169,25 +169,35 @@ impl ContainerBackend {
                 .run(|docker| async move { docker.remove_container(&id, Some(options)).await })
                 .await
             {
-                Ok(()) => removed += 1,
-                Err(e) if e.is_not_found() => {}
+                // Removed, gone already, or a pool is removing it right now.
+                Ok(()) | Err(EngineError::Status { status: 404 | 409, .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(removed)
+        Ok(listed)
     }
 
-    /// Stops taking calls and removes every container of this installation.
+    /// Stops taking calls and removes every container of this installation, waiting until the
+    /// engine lists none.
     pub async fn shutdown(&self) {
         let pools: Vec<Arc<Pool>> =
             self.pools.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, p)| p).collect();
         for pool in pools {
             pool.retire();
         }
-        match tokio::time::timeout(Duration::from_secs(20), self.reconcile()).await {
-            Ok(Ok(removed)) => tracing::info!(removed, "removed the container instances"),
+        let removing = async {
+            loop {
+                match self.reconcile().await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(20), removing).await {
+            Ok(Ok(())) => tracing::info!("removed the container instances"),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the container instances"),
-            Err(_) => tracing::warn!("removing the container instances took too long"),
+            Err(_) => tracing::warn!("removing the container instances took more than 20s"),
         }
     }
 
@@ -430,7 +440,16 @@ impl Body for CallBody {
                 }
                 Poll::Ready(Some(Err(why.into())))
             }
-            other => other.map_err(|e| -> BoxError { Box::new(e) }),
+            Poll::Ready(Some(Ok(frame))) => {
+                // hyper stops polling a body whose length is reached; the call ends here then.
+                if self.inner.is_end_stream()
+                    && let Some(end) = self.end.take()
+                {
+                    end.finish(Outcome::Success, None, false);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -446,6 +465,10 @@ impl Body for CallBody {
 impl Drop for CallBody {
     fn drop(&mut self) {
         if let Some(end) = self.end.take() {
+            if self.inner.is_end_stream() {
+                end.finish(Outcome::Success, None, false);
+                return;
+            }
             let CallEnd { invocation, lease, .. } = end;
             lease.instance.forget_call(&invocation.id);
             // The invocation records itself as abandoned when dropped unfinished.

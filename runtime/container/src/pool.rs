@@ -12,19 +12,22 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use amphi_contract::function::FunctionVersion;
+use amphi_contract::function::{ContainerProtocol, FunctionVersion};
 use amphi_contract::{BackendError, ProblemKind, StartKind};
 use tokio::sync::{OnceCell, oneshot};
 
 use crate::image;
-use crate::instance::{Instance, Shared, StartError};
+use crate::instance::{Instance, Launch, Shared, StartError};
+
+/// The image label that says how the image speaks the contract when the config does not.
+pub const PROTOCOL_LABEL: &str = "amphi.protocol";
 
 /// A pool of instances of one function version.
 pub struct Pool {
     /// The version the instances run.
     pub function: Arc<FunctionVersion>,
     shared: Arc<Shared>,
-    command: OnceCell<Vec<String>>,
+    launch: OnceCell<Launch>,
     state: Mutex<State>,
 }
 
@@ -103,51 +106,58 @@ impl Drop for Lease {
 impl Pool {
     /// An empty pool for `function`.
     pub fn new(function: Arc<FunctionVersion>, shared: Arc<Shared>) -> Arc<Self> {
-        Arc::new(Self { function, shared, command: OnceCell::new(), state: Mutex::default() })
+        Arc::new(Self { function, shared, launch: OnceCell::new(), state: Mutex::default() })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for capacity, at most `queue_timeout` and never past `deadline`.
+    /// Waits for capacity: at most `queue_timeout` for busy instances to free up, longer while an
+    /// instance is starting for the waiting calls, and never past `deadline`. Returns the lease and
+    /// the time spent waiting for busy instances (a start is counted as `init`, not as queueing).
     pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<(Lease, Duration), BackendError> {
         let queued_at = Instant::now();
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         {
             let mut state = self.state();
             state.waiters.push_back(tx);
             self.dispatch(&mut state);
         }
-        let limit = (queued_at + self.function.config.container.queue_timeout()).min(deadline);
-        match tokio::time::timeout_at(limit.into(), rx).await {
-            Ok(Ok(Grant::Lease(lease))) => {
-                let waited = queued_at.elapsed().saturating_sub(lease.init);
-                Ok((lease, waited))
-            }
-            Ok(Ok(Grant::Failed(error))) => Err(error),
-            Ok(Err(_)) => {
-                Err(BackendError::new(ProblemKind::Internal, "the instance pool dropped a waiting call"))
-            }
-            Err(_) if Instant::now() >= deadline => Err(BackendError::new(
-                ProblemKind::DeadlineExceeded,
-                format!(
-                    "no instance became free within the timeout of {}ms",
-                    self.function.config.timeout_ms
+        let mut limit = (queued_at + self.function.config.container.queue_timeout()).min(deadline);
+        loop {
+            let error = match tokio::time::timeout_at(limit.into(), &mut rx).await {
+                Ok(Ok(Grant::Lease(lease))) => {
+                    let waited = queued_at.elapsed().saturating_sub(lease.init);
+                    return Ok((lease, waited));
+                }
+                Ok(Ok(Grant::Failed(error))) => error,
+                Ok(Err(_)) => {
+                    BackendError::new(ProblemKind::Internal, "the instance pool dropped a waiting call")
+                }
+                Err(_) if Instant::now() >= deadline => BackendError::new(
+                    ProblemKind::DeadlineExceeded,
+                    format!(
+                        "no instance became free within the timeout of {}ms",
+                        self.function.config.timeout_ms
+                    ),
                 ),
-            )),
-            Err(_) => {
-                let container = &self.function.config.container;
-                Err(BackendError::new(
+                Err(_) if self.state().starting > 0 => {
+                    // Not beyond max_instances: an instance is on its way to the waiting calls.
+                    limit = deadline;
+                    continue;
+                }
+                Err(_) => BackendError::new(
                     ProblemKind::OverCapacity,
                     format!(
                         "all {} instances of `{}` are busy; waited {}ms in the queue",
-                        container.max_instances,
+                        self.function.config.container.max_instances,
                         self.function.name,
                         queued_at.elapsed().as_millis()
                     ),
-                ))
-            }
+                ),
+            };
+            return Err(error);
         }
     }
 
@@ -193,7 +203,7 @@ impl Pool {
             let waiting = state.waiters.len() as u32;
             if live < config.max_instances && state.starting * config.concurrency < waiting {
                 state.starting += 1;
-                tokio::spawn(self.clone().start_instance(None));
+                tokio::spawn(self.clone().start_instance(None, true));
                 continue;
             }
             return;
@@ -231,10 +241,16 @@ impl Pool {
     }
 
     /// Starts one instance; `done` hears whether it became ready. Counted in `starting` already.
-    async fn start_instance(self: Arc<Self>, done: Option<oneshot::Sender<Result<(), BackendError>>>) {
+    /// An instance started for waiting calls is a cold start for the first of them; a reserved
+    /// one, started ahead of calls, is warm when a call takes it.
+    async fn start_instance(
+        self: Arc<Self>,
+        done: Option<oneshot::Sender<Result<(), BackendError>>>,
+        for_waiters: bool,
+    ) {
         let began = Instant::now();
-        let started = match self.command().await {
-            Ok(command) => Instance::start(&self.shared, &self.function, command).await,
+        let started = match self.launch().await {
+            Ok(launch) => Instance::start(&self.shared, &self.function, launch).await,
             Err(e) => Err(e),
         };
         let mut state = self.state();
@@ -246,7 +262,7 @@ impl Pool {
                     status: Status::Running,
                     in_flight: 0,
                     idle_since: Instant::now(),
-                    fresh: Some(began.elapsed()),
+                    fresh: for_waiters.then(|| began.elapsed()),
                 });
                 Ok(())
             }
@@ -276,23 +292,32 @@ impl Pool {
         }
     }
 
-    /// The command instances run: the configured one, else the image's entrypoint and command.
-    async fn command(&self) -> Result<Vec<String>, StartError> {
-        if let Some(command) = &self.function.config.container.command {
-            return Ok(command.clone());
-        }
-        self.command
+    /// What instances run: the configured command and protocol, else the image's entrypoint and
+    /// command and its `amphi.protocol` label.
+    async fn launch(&self) -> Result<&Launch, StartError> {
+        self.launch
             .get_or_try_init(|| async {
+                let config = &self.function.config.container;
                 let image = image::inspect(&self.shared.engine, &self.function.digest).await?;
-                if image.command.is_empty() {
+                let command = config.command.clone().unwrap_or(image.command);
+                if command.is_empty() {
                     return Err(StartError::Failed(
                         "the image has no entrypoint or command; set container.command".into(),
                     ));
                 }
-                Ok(image.command)
+                let labelled = image.labels.get(PROTOCOL_LABEL).map(String::as_str);
+                let protocol = match (config.protocol, labelled) {
+                    (Some(protocol), _) => protocol,
+                    (None, Some(label)) => ContainerProtocol::parse(label).ok_or_else(|| {
+                        StartError::Failed(format!(
+                            "the image's {PROTOCOL_LABEL} label is `{label}`, not http or cgi"
+                        ))
+                    })?,
+                    (None, None) => ContainerProtocol::Http,
+                };
+                Ok(Launch { command, protocol })
             })
             .await
-            .cloned()
     }
 
     fn release(self: &Arc<Self>, instance: &Arc<Instance>, healthy: bool) {
@@ -327,7 +352,7 @@ impl Pool {
             while (state.slots.len() as u32 + state.starting) < wanted {
                 state.starting += 1;
                 let (done, heard) = oneshot::channel();
-                tokio::spawn(self.clone().start_instance(Some(done)));
+                tokio::spawn(self.clone().start_instance(Some(done), false));
                 pending.push(heard);
             }
         }
@@ -384,7 +409,7 @@ impl Pool {
         if live < config.min_instances {
             for _ in live..config.min_instances {
                 state.starting += 1;
-                tokio::spawn(self.clone().start_instance(None));
+                tokio::spawn(self.clone().start_instance(None, false));
             }
         }
         false

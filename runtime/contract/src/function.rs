@@ -88,8 +88,9 @@ pub struct ContainerConfig {
     pub network: bool,
     /// Whether the image's root file system is writable; read-only by default (`/tmp` is a tmpfs).
     pub writable_root: bool,
-    /// HTTP on `$PORT`, or CGI over stdio.
-    pub protocol: ContainerProtocol,
+    /// HTTP on `$PORT`, or CGI over stdio; unset, the image's `amphi.protocol` label decides,
+    /// and without one it is HTTP.
+    pub protocol: Option<ContainerProtocol>,
     /// The port the function's server listens on inside the container (its `$PORT`).
     pub port: u16,
     /// The command to run instead of the image's entrypoint and command.
@@ -109,10 +110,25 @@ impl Default for ContainerConfig {
             pids_limit: 256,
             network: false,
             writable_root: false,
-            protocol: ContainerProtocol::Http,
+            protocol: None,
             port: 8080,
             command: None,
         }
+    }
+}
+
+impl ContainerProtocol {
+    /// The name in configs and image labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Cgi => "cgi",
+        }
+    }
+
+    /// Parses [`ContainerProtocol::as_str`] back.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Http, Self::Cgi].into_iter().find(|p| p.as_str() == text)
     }
 }
 

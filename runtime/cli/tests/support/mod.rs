@@ -27,10 +27,16 @@ impl TestServer {
 
     /// Starts a server with extra `serve` flags.
     pub fn start_with(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// Starts a server with extra `serve` flags and environment variables.
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_amphi"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .env("AMPHI_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -48,6 +54,14 @@ impl TestServer {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         Self { child: Some(child), url, data: data.to_path_buf(), http: reqwest::Client::new() }
+    }
+
+    /// Kills the server with SIGKILL: no clean-up of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops the server with SIGTERM and waits for it (graceful shutdown).
@@ -132,8 +146,18 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// A test that failed half-way still shuts its server down gracefully, so the server removes
+    /// its containers; SIGKILL only if it does not stop.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -1,0 +1,77 @@
+"""A container function in Python: serves HTTP on $PORT, logs to stdout and stderr.
+
+Routes (by first path segment):
+  /           greeting with the invocation id the platform sent
+  /echo       the request body back
+  /log?lines  writes N lines to stdout and one to stderr
+  /sleep?ms   waits, then answers
+  /alloc?mb   allocates and touches that many MiB (to hit a memory limit)
+  /crash      exits the process with code 3
+  /env        the environment variable GREETING
+"""
+
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without this, Nagle and delayed ACKs add ~40ms.
+    disable_nagle_algorithm = True
+
+    def answer(self, status, body, content_type="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def route(self):
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        segment = url.path.strip("/").split("/")[0]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        invocation = self.headers.get("amphi-invocation-id", "")
+        if segment == "":
+            print(f"hello called ({invocation})")
+            self.answer(200, {"hello": "from python", "invocation": invocation, "method": self.command})
+        elif segment == "echo":
+            self.answer(200, body, self.headers.get("Content-Type", "application/octet-stream"))
+        elif segment == "log":
+            lines = int(query.get("lines", "3"))
+            for i in range(lines):
+                print(f"line {i}")
+            print("to stderr", file=sys.stderr, flush=True)
+            self.answer(200, {"logged": lines})
+        elif segment == "sleep":
+            time.sleep(int(query.get("ms", "100")) / 1000)
+            self.answer(200, {"slept_ms": int(query.get("ms", "100"))})
+        elif segment == "alloc":
+            mib = int(query.get("mb", "1"))
+            print(f"allocating {mib} MiB")
+            block = bytearray(mib << 20)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            self.answer(200, {"allocated_mb": mib})
+        elif segment == "crash":
+            print("crashing on purpose", flush=True)
+            os._exit(3)
+        elif segment == "env":
+            self.answer(200, {"GREETING": os.environ.get("GREETING")})
+        else:
+            self.answer(404, {"error": f"no route {url.path}"})
+
+    do_GET = do_POST = do_PUT = do_DELETE = route
+
+    def log_message(self, format, *args):
+        pass  # the platform records every call; no access log needed
+
+
+print("python function starting", flush=True)
+ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
