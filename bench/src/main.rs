@@ -5,6 +5,11 @@
 //! against a bare hyper hello-world server (the floor): latency at 1 connection and throughput at
 //! 16, with `wrk` on loopback, plus the per-request instantiation time reported by the gateway's
 //! `Server-Timing` header. Both servers run as child processes of this binary.
+//!
+//! `cargo run --release -p amphi-bench -- containers` measures the container backend's cold,
+//! unpause and warm paths against `docker run` and a direct call (see `containers.rs`).
+
+mod containers;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -40,6 +45,21 @@ enum Bench {
         #[arg(long)]
         save: Option<std::path::PathBuf>,
     },
+    /// Container functions: cold start vs `docker run`, unpause, warm call vs a direct call.
+    Containers {
+        /// The example under guest-examples/containers to build and run.
+        #[arg(long, default_value = "python-http")]
+        example: String,
+        /// Cold starts and unpauses measured.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Warm calls measured (and as many direct ones).
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// Also write the report to this markdown file.
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
+    },
     /// (child process) A bare hyper HTTP/1.1 hello-world server.
     #[command(hide = true)]
     Floor { listen: SocketAddr },
@@ -58,6 +78,9 @@ fn main() -> Result<()> {
         Bench::Hello { seconds, rounds, quick, save } => {
             let (seconds, rounds) = if quick { (2, 1) } else { (seconds, rounds) };
             multi_thread()?.block_on(hello(seconds, rounds, save))
+        }
+        Bench::Containers { example, rounds, calls, save } => {
+            multi_thread()?.block_on(containers::run(&example, rounds, calls, save))
         }
     }
 }

@@ -74,4 +74,4 @@ class Handler(BaseHTTPRequestHandler):
 
 
 print("python function starting", flush=True)
-ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
+ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()

@@ -503,7 +503,35 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
         .flatten()
         .filter_map(|h| h.as_str())
         .collect();
-    println!("outbound:     {}", if hosts.is_empty() { "(denied)".into() } else { hosts.join(" ") });
+    if f["kind"] == "container-image" {
+        let c = &config["container"];
+        println!(
+            "instances:    min {} max {}, {} call(s) each; pause after {}ms, remove after {}ms",
+            c["min_instances"],
+            c["max_instances"],
+            c["concurrency"],
+            c["pause_after_ms"],
+            c["idle_timeout_ms"]
+        );
+        println!(
+            "sandbox:      {} CPU, {} pids, network {}, root {}",
+            c["cpu_millis"].as_u64().map_or("?".into(), |m| format!("{:.2}", m as f64 / 1000.0)),
+            c["pids_limit"],
+            if c["network"] == true { "bridge" } else { "none" },
+            if c["writable_root"] == true { "writable" } else { "read-only" }
+        );
+        for instance in described["instances"].as_array().into_iter().flatten() {
+            println!(
+                "  {}  {:<9}  {} in flight, idle {}ms",
+                instance["id"].as_str().unwrap_or("?"),
+                instance["state"].as_str().unwrap_or("?"),
+                instance["in_flight"],
+                instance["idle_ms"]
+            );
+        }
+    } else {
+        println!("outbound:     {}", if hosts.is_empty() { "(denied)".into() } else { hosts.join(" ") });
+    }
     println!("versions:");
     for v in described["versions"].as_array().into_iter().flatten() {
         println!(

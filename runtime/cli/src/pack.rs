@@ -172,7 +172,7 @@ mod tests {
             .map(|e| e.expect("entry").path().expect("path").to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, [".dockerignore", "Dockerfile", "src", "src/main.c"]);
+        assert_eq!(names, [".dockerignore", "Dockerfile", "src/", "src/main.c"]);
         assert_eq!(pack(dir.path(), "Dockerfile").expect("packs again"), packed, "packing is deterministic");
         assert!(pack(dir.path(), "Missing.df").is_err());
     }
