@@ -352,8 +352,8 @@ async fn calls_scale_out_to_max_instances_then_queue_then_get_429() {
         "300ms",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let slow = call("/sleep?ms=2000");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let slow = call("/sleep?ms=3000");
+    wait_instances(&server, "busy", |i| i.len() == 1 && i[0]["in_flight"] == 1).await;
     let started = Instant::now();
     let late = server.http.get(server.fn_url("busy", "/")).send().await.expect("call");
     assert_eq!(late.status(), 429);

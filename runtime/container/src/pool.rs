@@ -19,6 +19,9 @@ use tokio::sync::{OnceCell, oneshot};
 use crate::image;
 use crate::instance::{Instance, Launch, Shared, StartError};
 
+/// How often a call past its queue timeout looks whether an instance is still starting for it.
+const START_RECHECK: Duration = Duration::from_millis(25);
+
 /// The image label that says how the image speaks the contract when the config does not.
 pub const PROTOCOL_LABEL: &str = "amphi.protocol";
 
@@ -143,8 +146,9 @@ impl Pool {
                     ),
                 ),
                 Err(_) if self.state().starting > 0 => {
-                    // Not beyond max_instances: an instance is on its way to the waiting calls.
-                    limit = deadline;
+                    // Not beyond max_instances while an instance is on its way to the waiting
+                    // calls: look again shortly, and give up once none is starting.
+                    limit = (Instant::now() + START_RECHECK).min(deadline);
                     continue;
                 }
                 Err(_) => BackendError::new(
