@@ -220,6 +220,34 @@ async fn static_binary_in_a_scratch_image() {
     assert_eq!(body, format!("hello from a static binary in a scratch image: POST /a/b?c=d ({id})\n"));
     let record = server.record(&id).await;
     assert_eq!(record["logs"][0]["line"], "static-hello: served POST /a/b?c=d");
+
+    // The same image under a name of its own, deployed by reference: nothing is uploaded.
+    let built: Value = server
+        .admin(Method::GET, "/functions/hello")
+        .send()
+        .await
+        .expect("describe")
+        .json()
+        .await
+        .expect("json");
+    let image = built["function"]["digest"].as_str().expect("digest").to_string();
+    let tag = bollard::query_parameters::TagImageOptions {
+        repo: Some("amphi-test/prebuilt".into()),
+        tag: Some("1.2".into()),
+    };
+    docker.tag_image(&image, Some(tag)).await.expect("tag the image");
+    let output = server.cli(&["deploy", "legacy", "--image", "amphi-test/prebuilt:1.2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let legacy = server.http.get(server.fn_url("legacy", "/")).send().await.expect("call");
+    assert_eq!(legacy.status(), 200);
+    assert!(legacy.text().await.expect("body").starts_with("hello from a static binary"));
+    let missing = server.cli(&["deploy", "ghost", "--image", "amphi-test/no-such-image:0"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no image `amphi-test/no-such-image:0` on the Docker engine"),
+        "{}",
+        stderr(&missing)
+    );
     stop_and_check_clean(server, &docker).await;
 }
 
@@ -244,6 +272,21 @@ async fn a_broken_dockerfile_names_its_failing_step_and_escaping_contexts_are_re
     let listed: Value =
         server.admin(Method::GET, "/functions").send().await.expect("list").json().await.expect("json");
     assert_eq!(listed, json!([]), "nothing was deployed");
+    // Without a streaming Accept header, the API answers once: the problem names the step.
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.append_dir_all(".", context.path()).expect("pack");
+    let answer = server
+        .admin(Method::POST, "/artifacts?function=broken")
+        .body(archive.into_inner().expect("tar"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(answer.status(), 422);
+    let problem: Value = answer.json().await.expect("problem");
+    let detail = problem["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("Step 2/") && detail.contains("about to fail"), "{problem}");
+    let build_log = server.cli(&["logs", "broken"]);
+    assert!(stdout(&build_log).contains("the build failed at Step 2/"), "{}", stdout(&build_log));
 
     // Contexts are checked before the engine sees them.
     let cases: [(&str, tar::EntryType, &str, &str); 3] = [

@@ -261,10 +261,17 @@ impl ContainerBackend {
 
     fn pool_for(&self, function: &Arc<FunctionVersion>) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(pool) = pools.get(&function.name)
-            && pool.function.version == function.version
-        {
-            return pool.clone();
+        match pools.get(&function.name) {
+            Some(pool) if pool.function.version == function.version => return pool.clone(),
+            Some(pool) if pool.function.version > function.version => {
+                // A call routed to the previous version just before a deploy: it gets a pool of
+                // its own that goes away with its instance, and the current pool stays.
+                let stale = Pool::new(function.clone(), self.shared.clone());
+                stale.retire();
+                self.retired.lock().unwrap_or_else(PoisonError::into_inner).push(stale.clone());
+                return stale;
+            }
+            _ => {}
         }
         let pool = Pool::new(function.clone(), self.shared.clone());
         if let Some(old) = pools.insert(function.name.clone(), pool.clone()) {

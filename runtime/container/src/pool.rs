@@ -138,13 +138,19 @@ impl Pool {
                 Ok(Err(_)) => {
                     BackendError::new(ProblemKind::Internal, "the instance pool dropped a waiting call")
                 }
-                Err(_) if Instant::now() >= deadline => BackendError::new(
-                    ProblemKind::DeadlineExceeded,
-                    format!(
-                        "no instance became free within the timeout of {}ms",
-                        self.function.config.timeout_ms
-                    ),
-                ),
+                Err(_) if Instant::now() >= deadline => {
+                    let timeout = self.function.config.timeout_ms;
+                    let detail = if self.state().starting > 0 {
+                        format!(
+                            "no instance was ready within the timeout of {timeout}ms: a new one is still \
+                             starting (does the function answer on $PORT={}?)",
+                            self.function.config.container.port
+                        )
+                    } else {
+                        format!("no instance became free within the timeout of {timeout}ms")
+                    };
+                    BackendError::new(ProblemKind::DeadlineExceeded, detail)
+                }
                 Err(_) if self.state().starting > 0 => {
                     // Not beyond max_instances while an instance is on its way to the waiting
                     // calls: look again shortly, and give up once none is starting.

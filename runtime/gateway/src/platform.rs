@@ -194,7 +194,7 @@ impl Platform {
     ) -> Result<(FunctionVersion, Option<String>), Problem> {
         validate_name(&name).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
         config.validate().map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
-        let _serialised = self.deploys.lock().await;
+        let serialised = self.deploys.lock().await;
         let platform = self.clone();
         let function = blocking(move || {
             let unknown = |digest: &str| {
@@ -222,6 +222,8 @@ impl Platform {
         })
         .await?;
         let current = self.install_route(function.clone()).map_err(internal)?;
+        // Other deploys need not wait for this one's instances to start.
+        drop(serialised);
         let warning = match function.kind {
             ArtifactKind::ContainerImage => self.container.warm(current).await.err().map(|e| {
                 format!(
