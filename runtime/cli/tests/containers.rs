@@ -33,6 +33,14 @@ async fn engine() -> Docker {
     docker
 }
 
+/// The engine, a fresh data directory, and a server on it.
+async fn start() -> (Docker, tempfile::TempDir, TestServer) {
+    let docker = engine().await;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    (docker, temp, server)
+}
+
 /// Containers the server with data directory `data` has on the engine.
 async fn containers_of(docker: &Docker, data: &Path) -> Vec<bollard::models::ContainerSummary> {
     let installation = std::fs::read_to_string(data.join("installation-id")).expect("installation id");
@@ -95,9 +103,7 @@ fn start_kind(response: &reqwest::Response) -> String {
 
 #[tokio::test]
 async fn python_function_from_its_dockerfile_serves_the_contract_warm_from_a_reserved_instance() {
-    let docker = engine().await;
-    let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let (docker, temp, server) = start().await;
     let deployed =
         deploy(&server, "py", &example("python-http"), &["--min-instances", "1", "--env", "GREETING=hi"]);
     assert_eq!(deployed["kind"], "container-image");
@@ -170,9 +176,7 @@ fn ppm(width: usize, height: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn thumbnail_runs_imagemagick_as_cgi_cold_then_warm() {
-    let docker = engine().await;
-    let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let (docker, _temp, server) = start().await;
     deploy(&server, "thumbnail", &example("thumbnail"), &[]);
     assert!(instances(&server, "thumbnail").await.is_empty(), "min_instances 0: nothing runs before a call");
 
@@ -209,9 +213,7 @@ async fn thumbnail_runs_imagemagick_as_cgi_cold_then_warm() {
 
 #[tokio::test]
 async fn static_binary_in_a_scratch_image() {
-    let docker = engine().await;
-    let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let (docker, _temp, server) = start().await;
     deploy(&server, "hello", &example("static-hello"), &[]);
     let response = server.http.post(server.fn_url("hello", "/a/b?c=d")).body("x").send().await.expect("call");
     assert_eq!(response.status(), 200);
@@ -253,9 +255,7 @@ async fn static_binary_in_a_scratch_image() {
 
 #[tokio::test]
 async fn a_broken_dockerfile_names_its_failing_step_and_escaping_contexts_are_refused() {
-    let _docker = engine().await;
-    let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let (_docker, _temp, server) = start().await;
 
     let context = tempfile::tempdir().expect("tempdir");
     std::fs::write(
@@ -326,9 +326,7 @@ fn header_of(response: &reqwest::Response, name: &str) -> String {
 
 #[tokio::test]
 async fn calls_scale_out_to_max_instances_then_queue_then_get_429() {
-    let docker = engine().await;
-    let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let (docker, _temp, server) = start().await;
     deploy(
         &server,
         "busy",
@@ -409,9 +407,7 @@ async fn calls_scale_out_to_max_instances_then_queue_then_get_429() {
 
 #[tokio::test]
 async fn idle_instances_are_paused_resumed_on_demand_and_removed() {
-    let docker = engine().await;
-    let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let (docker, temp, server) = start().await;
     deploy(&server, "idle", &example("python-http"), &["--pause-after", "300ms", "--idle-timeout", "2s"]);
     let first = server.http.get(server.fn_url("idle", "/")).send().await.expect("call");
     assert_eq!(start_kind(&first), "cold");
@@ -443,9 +439,7 @@ async fn idle_instances_are_paused_resumed_on_demand_and_removed() {
 
 #[tokio::test]
 async fn crash_memory_limit_and_timeout_give_their_statuses_and_records_and_a_replacement() {
-    let docker = engine().await;
-    let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let (docker, temp, server) = start().await;
     deploy(&server, "fragile", &example("python-http"), &["--memory", "48MiB", "--timeout", "1500ms"]);
 
     let cases = [
