@@ -8,10 +8,12 @@ Routes (by first path segment):
   /alloc?mb   allocates and touches that many MiB (to hit a memory limit)
   /crash      exits the process with code 3
   /env        the environment variable GREETING
+  /sandbox    what the process may do: network interfaces, writable paths, capabilities
 """
 
 import json
 import os
+import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,6 +66,8 @@ class Handler(BaseHTTPRequestHandler):
             os._exit(3)
         elif segment == "env":
             self.answer(200, {"GREETING": os.environ.get("GREETING")})
+        elif segment == "sandbox":
+            self.answer(200, sandbox())
         else:
             self.answer(404, {"error": f"no route {url.path}"})
 
@@ -71,6 +75,40 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):
         pass  # the platform records every call; no access log needed
+
+
+def writable(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        os.remove(path)
+        return True
+    except OSError:
+        return False
+
+
+def first_readable(*paths):
+    for path in paths:
+        try:
+            return open(path).read().strip()
+        except OSError:
+            pass
+    return None
+
+
+def sandbox():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    return {
+        "interfaces": sorted(name for _, name in socket.if_nameindex()),
+        "root_writable": writable("/probe"),
+        "tmp_writable": writable("/tmp/probe"),
+        "uid": os.getuid(),
+        "capabilities": status["CapEff"].strip(),
+        "no_new_privs": status.get("NoNewPrivs", "").strip(),
+        # cgroup v2, else v1
+        "pids_max": first_readable("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"),
+        "memory_max": first_readable("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+    }
 
 
 print("python function starting", flush=True)

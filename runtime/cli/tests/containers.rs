@@ -122,6 +122,36 @@ async fn python_function_from_its_dockerfile_serves_the_contract_warm_from_a_res
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["invocation"], id.as_str(), "the function received the contract's headers");
 
+    // The sandbox: no network but loopback, a read-only root with a writable /tmp, no
+    // capabilities, no new privileges, the pids and memory limits.
+    let sandbox: Value = server
+        .http
+        .get(server.fn_url("py", "/sandbox"))
+        .send()
+        .await
+        .expect("call")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(sandbox["interfaces"], json!(["lo"]), "{sandbox}");
+    assert_eq!(sandbox["root_writable"], false, "{sandbox}");
+    assert_eq!(sandbox["tmp_writable"], true, "{sandbox}");
+    assert_eq!(sandbox["capabilities"], "0000000000000000", "{sandbox}");
+    assert_eq!(sandbox["no_new_privs"], "1", "{sandbox}");
+    assert_eq!(sandbox["pids_max"], "256", "the default pids limit: {sandbox}");
+    assert_eq!(sandbox["memory_max"], (128u64 << 20).to_string(), "the default memory limit: {sandbox}");
+    deploy(&server, "py-net", &example("python-http"), &["--network"]);
+    let granted: Value = server
+        .http
+        .get(server.fn_url("py-net", "/sandbox"))
+        .send()
+        .await
+        .expect("call")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(granted["interfaces"], json!(["eth0", "lo"]), "--network grants one: {granted}");
+
     let env: Value =
         server.http.get(server.fn_url("py", "/env")).send().await.expect("call").json().await.expect("json");
     assert_eq!(env["GREETING"], "hi");
@@ -161,7 +191,12 @@ async fn python_function_from_its_dockerfile_serves_the_contract_warm_from_a_res
     let now = wait_instances(&server, "py", |i| i.len() == 1 && i[0]["id"] != old.as_str()).await;
     assert_eq!(now[0]["state"], "running");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(containers_of(&docker, temp.path()).await.len(), 1, "the old instance was removed");
+    let of_py = containers_of(&docker, temp.path())
+        .await
+        .into_iter()
+        .filter(|c| c.labels.as_ref().and_then(|l| l.get("amphi.function")).is_some_and(|f| f == "py"))
+        .count();
+    assert_eq!(of_py, 1, "the old instance was removed");
     stop_and_check_clean(server, &docker).await;
 }
 
