@@ -90,9 +90,4 @@ impl Engine {
     pub fn forget(&self) {
         *self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
-
-    /// Whether an engine answers now.
-    pub async fn available(&self) -> bool {
-        self.run(|docker| async move { docker.ping().await }).await.is_ok()
-    }
 }

@@ -64,7 +64,7 @@ fn describe_failure(step: Option<&str>, message: &str) -> String {
 const TAIL_LINES: usize = 20;
 
 /// The tag of the image built from `context`.
-pub fn tag_for(context: &CheckedContext) -> String {
+fn tag_for(context: &CheckedContext) -> String {
     format!("amphi/build:{}", context.digest.trim_start_matches("sha256:"))
 }
 

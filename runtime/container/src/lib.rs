@@ -214,11 +214,6 @@ impl ContainerBackend {
         Ok(())
     }
 
-    /// Whether a Docker engine answers now.
-    pub async fn engine_available(&self) -> bool {
-        self.shared.engine.available().await
-    }
-
     /// Checks `bytes` as a build context; see [`context::check`].
     pub fn check_context(
         &self,
