@@ -14,6 +14,17 @@ use serde_json::{Value, json};
 
 use crate::client::{Client, describe_failure};
 
+/// `println!` that ends the command quietly when stdout is closed (`amphi logs f | head`) instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 #[derive(Args)]
 pub struct JsonFlag {
     /// Print JSON instead of text.
@@ -210,16 +221,16 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
         )
         .await?;
     if args.json {
-        println!("{function}");
+        out!("{function}");
     } else {
-        println!(
+        out!(
             "deployed {} version {} ({}, {})",
             args.name,
             function["version"],
             function["kind"].as_str().unwrap_or("?"),
             short(digest.trim_start_matches("sha256:"), 12)
         );
-        println!("  {}/fn/{}", client.base(), args.name);
+        out!("  {}/fn/{}", client.base(), args.name);
         if let Some(warning) = function["warning"].as_str() {
             eprintln!("warning: {warning}");
         }
@@ -425,15 +436,21 @@ pub async fn invocations(client: &Client, args: InvocationsArgs) -> Result<ExitC
     let records =
         client.get_json(&format!("/v1/invocations?function={}&limit={}", args.name, args.limit)).await?;
     if args.json {
-        println!("{records}");
+        out!("{records}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{:<36}  {:<24}  {:>6}  {:<14}  {:>10}  {:<5}  {:<7}  PATH",
-        "ID", "STARTED", "STATUS", "OUTCOME", "DURATION", "COLD", "BACKEND"
+        "ID",
+        "STARTED",
+        "STATUS",
+        "OUTCOME",
+        "DURATION",
+        "COLD",
+        "BACKEND"
     );
     for record in records.as_array().into_iter().flatten() {
-        println!(
+        out!(
             "{:<36}  {:<24}  {:>6}  {:<14}  {:>10}  {:<5}  {:<7}  {} {}",
             record["id"].as_str().unwrap_or("?"),
             timestamp(record["start_us"].as_u64()),
@@ -452,16 +469,21 @@ pub async fn invocations(client: &Client, args: InvocationsArgs) -> Result<ExitC
 pub async fn list(client: &Client, args: JsonFlag) -> Result<ExitCode> {
     let functions = client.get_json("/v1/functions").await?;
     if args.json {
-        println!("{functions}");
+        out!("{functions}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{:<24}  {:>7}  {:<20}  {:>8}  {:>8}  {:>11}",
-        "NAME", "VERSION", "KIND", "TIMEOUT", "MEMORY", "CONCURRENCY"
+        "NAME",
+        "VERSION",
+        "KIND",
+        "TIMEOUT",
+        "MEMORY",
+        "CONCURRENCY"
     );
     for f in functions.as_array().into_iter().flatten() {
         let config = &f["config"];
-        println!(
+        out!(
             "{:<24}  {:>7}  {:<20}  {:>8}  {:>8}  {:>11}",
             f["name"].as_str().unwrap_or("?"),
             f["version"].to_string(),
@@ -477,26 +499,26 @@ pub async fn list(client: &Client, args: JsonFlag) -> Result<ExitCode> {
 pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
     let described = client.get_json(&format!("/v1/functions/{}", args.name)).await?;
     if args.json {
-        println!("{described}");
+        out!("{described}");
         return Ok(ExitCode::SUCCESS);
     }
     let f = &described["function"];
     let config = &f["config"];
-    println!("name:         {}", f["name"].as_str().unwrap_or("?"));
-    println!("version:      {}", f["version"]);
-    println!("kind:         {}", f["kind"].as_str().unwrap_or("?"));
-    println!("digest:       {}", f["digest"].as_str().unwrap_or("?"));
-    println!("trigger:      {}/fn/{}", client.base(), args.name);
-    println!("timeout:      {}ms", config["timeout_ms"]);
-    println!("memory:       {}", format_bytes(config["memory_bytes"].as_u64().unwrap_or(0)));
-    println!("concurrency:  {}", config["concurrency"]);
+    out!("name:         {}", f["name"].as_str().unwrap_or("?"));
+    out!("version:      {}", f["version"]);
+    out!("kind:         {}", f["kind"].as_str().unwrap_or("?"));
+    out!("digest:       {}", f["digest"].as_str().unwrap_or("?"));
+    out!("trigger:      {}/fn/{}", client.base(), args.name);
+    out!("timeout:      {}ms", config["timeout_ms"]);
+    out!("memory:       {}", format_bytes(config["memory_bytes"].as_u64().unwrap_or(0)));
+    out!("concurrency:  {}", config["concurrency"]);
     let env: Vec<String> = config["env"]
         .as_object()
         .into_iter()
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
         .collect();
-    println!("env:          {}", if env.is_empty() { "(none)".into() } else { env.join(" ") });
+    out!("env:          {}", if env.is_empty() { "(none)".into() } else { env.join(" ") });
     let hosts: Vec<&str> = config["allowed_outbound_hosts"]
         .as_array()
         .into_iter()
@@ -505,7 +527,7 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
         .collect();
     if f["kind"] == "container-image" {
         let c = &config["container"];
-        println!(
+        out!(
             "instances:    min {} max {}, {} call(s) each; pause after {}ms, remove after {}ms",
             c["min_instances"],
             c["max_instances"],
@@ -513,7 +535,7 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
             c["pause_after_ms"],
             c["idle_timeout_ms"]
         );
-        println!(
+        out!(
             "sandbox:      {} CPU, {} pids, network {}, root {}",
             c["cpu_millis"].as_u64().map_or("?".into(), |m| format!("{:.2}", m as f64 / 1000.0)),
             c["pids_limit"],
@@ -521,7 +543,7 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
             if c["writable_root"] == true { "writable" } else { "read-only" }
         );
         for instance in described["instances"].as_array().into_iter().flatten() {
-            println!(
+            out!(
                 "  {}  {:<9}  {} in flight, idle {}ms",
                 instance["id"].as_str().unwrap_or("?"),
                 instance["state"].as_str().unwrap_or("?"),
@@ -530,11 +552,11 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
             );
         }
     } else {
-        println!("outbound:     {}", if hosts.is_empty() { "(denied)".into() } else { hosts.join(" ") });
+        out!("outbound:     {}", if hosts.is_empty() { "(denied)".into() } else { hosts.join(" ") });
     }
-    println!("versions:");
+    out!("versions:");
     for v in described["versions"].as_array().into_iter().flatten() {
-        println!(
+        out!(
             "  {:>4}  {}  {}",
             v["version"].to_string(),
             timestamp(v["created_at_ms"].as_u64().map(|ms| ms * 1000)),
@@ -547,9 +569,9 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
 pub async fn remove(client: &Client, args: NameArgs) -> Result<ExitCode> {
     client.admin(Method::DELETE, &format!("/v1/functions/{}", args.name), Bytes::new(), None).await?;
     if args.json {
-        println!("{}", json!({ "deleted": args.name }));
+        out!("{}", json!({ "deleted": args.name }));
     } else {
-        println!("deleted {}", args.name);
+        out!("deleted {}", args.name);
     }
     Ok(ExitCode::SUCCESS)
 }

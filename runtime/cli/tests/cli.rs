@@ -164,3 +164,27 @@ fn wait_for_output(server: &TestServer, args: &[&str], done: impl Fn(&str) -> bo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    for name in ["a", "b", "c"] {
+        assert!(server.cli(&["deploy", name, amphi_guest_artifacts::RUST_HTTP_COMPONENT]).status.success());
+    }
+    for command in [&["ls"][..], &["logs", "a"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_amphi"))
+            .args(command)
+            .env("AMPHI_URL", &server.url)
+            .env("AMPHI_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the CLI runs");
+        // As `amphi ls | head -0` does: the reader is gone before the first line.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("the CLI ends");
+        assert!(output.status.success(), "{command:?}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("panicked"), "{command:?}: {}", stderr(&output));
+    }
+}
