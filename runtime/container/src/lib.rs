@@ -93,6 +93,13 @@ impl ContainerBackend {
         // Run directories of an earlier run belong to containers that are removed at start.
         let _ = std::fs::remove_dir_all(&run_root);
         std::fs::create_dir_all(&run_root).map_err(io(format!("creating {}", run_root.display())))?;
+        // Each instance's directory is open to the function's user (it makes the socket there);
+        // their parent keeps other local users from finding, or reaching, the sockets.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&run_root, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(format!("restricting {}", run_root.display())))?;
+        }
         let shim = install_shim(data).map_err(io("installing the container shim".into()))?;
         let shared =
             Arc::new(Shared { engine: engine::Engine::default(), sink, installation, run_root, shim });
