@@ -113,7 +113,7 @@ async fn python_function_from_its_dockerfile_serves_the_contract_warm_from_a_res
     assert_eq!(ready.len(), 1, "{ready:?}");
     assert_eq!(ready[0]["state"], "running");
 
-    let response = server.http.get(server.fn_url("py", "/")).send().await.expect("call");
+    let response = server.get("py", "/").await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "amphi-backend"), "container");
     assert_eq!(header(&response, "amphi-cold-start"), "false");
@@ -124,15 +124,7 @@ async fn python_function_from_its_dockerfile_serves_the_contract_warm_from_a_res
 
     // The sandbox: no network but loopback, a read-only root with a writable /tmp, no
     // capabilities, no new privileges, the pids and memory limits.
-    let sandbox: Value = server
-        .http
-        .get(server.fn_url("py", "/sandbox"))
-        .send()
-        .await
-        .expect("call")
-        .json()
-        .await
-        .expect("json");
+    let sandbox: Value = server.get_json("py", "/sandbox").await;
     assert_eq!(sandbox["interfaces"], json!(["lo"]), "{sandbox}");
     assert_eq!(sandbox["root_writable"], false, "{sandbox}");
     assert_eq!(sandbox["tmp_writable"], true, "{sandbox}");
@@ -141,26 +133,17 @@ async fn python_function_from_its_dockerfile_serves_the_contract_warm_from_a_res
     assert_eq!(sandbox["pids_max"], "256", "the default pids limit: {sandbox}");
     assert_eq!(sandbox["memory_max"], (128u64 << 20).to_string(), "the default memory limit: {sandbox}");
     deploy(&server, "py-net", &example("python-http"), &["--network"]);
-    let granted: Value = server
-        .http
-        .get(server.fn_url("py-net", "/sandbox"))
-        .send()
-        .await
-        .expect("call")
-        .json()
-        .await
-        .expect("json");
+    let granted: Value = server.get_json("py-net", "/sandbox").await;
     assert_eq!(granted["interfaces"], json!(["eth0", "lo"]), "--network grants one: {granted}");
 
-    let env: Value =
-        server.http.get(server.fn_url("py", "/env")).send().await.expect("call").json().await.expect("json");
+    let env: Value = server.get_json("py", "/env").await;
     assert_eq!(env["GREETING"], "hi");
     let echoed =
         server.http.post(server.fn_url("py", "/echo")).body("round trip").send().await.expect("call");
     assert_eq!(echoed.text().await.expect("body"), "round trip");
 
     // Log lines are attributed to the call that wrote them, in the same store and shape as wasm.
-    let logged = server.http.get(server.fn_url("py", "/log?lines=2")).send().await.expect("call");
+    let logged = server.get("py", "/log?lines=2").await;
     let log_id = header(&logged, "amphi-invocation-id").to_string();
     let record = server.record(&log_id).await;
     assert_eq!(record["invocation"]["backend"], "container");
@@ -275,7 +258,7 @@ async fn static_binary_in_a_scratch_image() {
     docker.tag_image(&image, Some(tag)).await.expect("tag the image");
     let output = server.cli(&["deploy", "legacy", "--image", "amphi-test/prebuilt:1.2"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let legacy = server.http.get(server.fn_url("legacy", "/")).send().await.expect("call");
+    let legacy = server.get("legacy", "/").await;
     assert_eq!(legacy.status(), 200);
     assert!(legacy.text().await.expect("body").starts_with("hello from a static binary"));
     let missing = server.cli(&["deploy", "ghost", "--image", "amphi-test/no-such-image:0"]);
@@ -394,7 +377,7 @@ async fn calls_scale_out_to_max_instances_then_queue_then_get_429() {
     let fourth = call("/sleep?ms=10");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Beyond the function's concurrency (4 in flight or queued), a call is refused at once.
-    let refused = server.http.get(server.fn_url("busy", "/")).send().await.expect("call");
+    let refused = server.get("busy", "/").await;
     assert_eq!(refused.status(), 429);
     assert_eq!(header(&refused, "content-type"), "application/problem+json");
     let busy = wait_instances(&server, "busy", |i| i.len() == 2).await;
@@ -431,7 +414,7 @@ async fn calls_scale_out_to_max_instances_then_queue_then_get_429() {
     let slow = call("/sleep?ms=3000");
     wait_instances(&server, "busy", |i| i.len() == 1 && i[0]["in_flight"] == 1).await;
     let started = Instant::now();
-    let late = server.http.get(server.fn_url("busy", "/")).send().await.expect("call");
+    let late = server.get("busy", "/").await;
     assert_eq!(late.status(), 429);
     assert!(started.elapsed() >= Duration::from_millis(280), "it waited for its queue timeout");
     let problem: Value = late.json().await.expect("problem");
@@ -444,7 +427,7 @@ async fn calls_scale_out_to_max_instances_then_queue_then_get_429() {
 async fn idle_instances_are_paused_resumed_on_demand_and_removed() {
     let (docker, temp, server) = start().await;
     deploy(&server, "idle", &example("python-http"), &["--pause-after", "300ms", "--idle-timeout", "2s"]);
-    let first = server.http.get(server.fn_url("idle", "/")).send().await.expect("call");
+    let first = server.get("idle", "/").await;
     assert_eq!(start_kind(&first), "cold");
 
     let paused = wait_instances(&server, "idle", |i| i.len() == 1 && i[0]["state"] == "paused").await;
@@ -453,7 +436,7 @@ async fn idle_instances_are_paused_resumed_on_demand_and_removed() {
     assert_eq!(containers.len(), 1);
     assert_eq!(containers[0].state.as_ref().map(|s| format!("{s:?}").to_lowercase()), Some("paused".into()));
 
-    let resumed = server.http.get(server.fn_url("idle", "/")).send().await.expect("call");
+    let resumed = server.get("idle", "/").await;
     assert_eq!(resumed.status(), 200);
     assert_eq!(start_kind(&resumed), "unpause");
     let record = server.record(header(&resumed, "amphi-invocation-id")).await;
@@ -467,7 +450,7 @@ async fn idle_instances_are_paused_resumed_on_demand_and_removed() {
         assert!(Instant::now() < deadline, "the idle container was not removed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cold_again = server.http.get(server.fn_url("idle", "/")).send().await.expect("call");
+    let cold_again = server.get("idle", "/").await;
     assert_eq!(start_kind(&cold_again), "cold");
     stop_and_check_clean(server, &docker).await;
 }
@@ -483,7 +466,7 @@ async fn crash_memory_limit_and_timeout_give_their_statuses_and_records_and_a_re
         ("/sleep?ms=5000", 504, "timeout", "timeout of 1500ms"),
     ];
     for (path, status, outcome, says) in cases {
-        let failed = server.http.get(server.fn_url("fragile", path)).send().await.expect("call");
+        let failed = server.get("fragile", path).await;
         assert_eq!(failed.status(), status, "{path}");
         assert_eq!(header(&failed, "content-type"), "application/problem+json", "{path}");
         let id = header(&failed, "amphi-invocation-id").to_string();
@@ -499,7 +482,7 @@ async fn crash_memory_limit_and_timeout_give_their_statuses_and_records_and_a_re
             );
         }
         // A new instance replaces the broken one.
-        let next = server.http.get(server.fn_url("fragile", "/")).send().await.expect("call");
+        let next = server.get("fragile", "/").await;
         assert_eq!(next.status(), 200, "after {path}");
         assert_eq!(start_kind(&next), "cold", "after {path}");
     }
@@ -532,7 +515,7 @@ async fn a_restart_after_a_crash_of_amphi_leaves_no_orphan_containers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(now[0]["state"], "running");
-    let response = server.http.get(server.fn_url("kept", "/")).send().await.expect("call");
+    let response = server.get("kept", "/").await;
     assert_eq!(response.status(), 200);
     stop_and_check_clean(server, &docker).await;
 }
@@ -582,23 +565,23 @@ async fn without_an_engine_container_functions_get_503_wasm_keeps_working_and_am
     let server = TestServer::start_with_env(&data, &[], &[("DOCKER_HOST", &host)]);
     deploy(&server, "py", &example("python-http"), &["--idle-timeout", "1s", "--pause-after", "1s"]);
     server.deploy("wasm", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
-    assert_eq!(server.http.get(server.fn_url("py", "/")).send().await.expect("call").status(), 200);
+    assert_eq!(server.get("py", "/").await.status(), 200);
     wait_instances(&server, "py", |i| i.is_empty()).await;
 
     proxy.cut();
-    let down = server.http.get(server.fn_url("py", "/")).send().await.expect("call");
+    let down = server.get("py", "/").await;
     assert_eq!(down.status(), 503);
     assert_eq!(header(&down, "content-type"), "application/problem+json");
     let problem: Value = down.json().await.expect("problem");
     assert!(problem["detail"].as_str().unwrap_or("").contains("Docker engine"), "{problem}");
-    assert_eq!(server.http.get(server.fn_url("wasm", "/")).send().await.expect("call").status(), 200);
+    assert_eq!(server.get("wasm", "/").await.status(), 200);
     let output =
         server.cli(&["deploy", "py2", example("python-http").to_str().expect("path"), "--dockerfile"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("503"), "{}", stderr(&output));
 
     let _proxy = EngineProxy::start(&socket);
-    let back = server.http.get(server.fn_url("py", "/")).send().await.expect("call");
+    let back = server.get("py", "/").await;
     assert_eq!(back.status(), 200, "reconnected once the engine is back");
     stop_and_check_clean(server, &docker).await;
 }

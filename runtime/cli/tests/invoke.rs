@@ -85,15 +85,7 @@ async fn wasi_http_component_end_to_end() {
     assert!(deadline > now_ms && deadline <= now_ms + 30_000 + 1000, "30s default timeout");
 
     // Env is granted by config only.
-    let env: Value = server
-        .http
-        .get(server.fn_url("hello", "/env"))
-        .send()
-        .await
-        .expect("call")
-        .json()
-        .await
-        .expect("json");
+    let env: Value = server.get_json("hello", "/env").await;
     assert_eq!(env, json!({ "GREETING": "hi" }));
 
     // Streamed responses arrive whole; statuses chosen by the function pass through.

@@ -221,16 +221,6 @@ impl ContainerBackend {
         Ok(())
     }
 
-    /// Checks `bytes` as a build context; see [`context::check`].
-    pub fn check_context(
-        &self,
-        bytes: &Bytes,
-        dockerfile: &str,
-        max_unpacked: u64,
-    ) -> Result<CheckedContext, ContextError> {
-        context::check(bytes, dockerfile, max_unpacked)
-    }
-
     /// Builds a checked context into an image, reporting progress as it goes.
     pub async fn build(
         &self,

@@ -84,10 +84,9 @@ pub async fn build(
         validate_name(function).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
     }
     let limit = platform.config.max_upload_bytes.saturating_mul(UNPACK_FACTOR);
-    let checking = platform.clone();
     let (bytes, dockerfile) = (request.context.clone(), request.dockerfile.clone());
     let checked = blocking(move || {
-        checking.container.check_context(&bytes, &dockerfile, limit).map_err(|e| match e {
+        amphi_container::context::check(&bytes, &dockerfile, limit).map_err(|e| match e {
             ContextError::TooLarge { .. } => Problem::new(ProblemKind::PayloadTooLarge, e.to_string()),
             ContextError::Invalid(why) => {
                 Problem::new(ProblemKind::UnprocessableEntity, format!("the build context is refused: {why}"))

@@ -87,6 +87,16 @@ impl TestServer {
         format!("{}/fn/{name}{path}", self.url)
     }
 
+    /// `GET /fn/{name}{path}`.
+    pub async fn get(&self, name: &str, path: &str) -> reqwest::Response {
+        self.http.get(self.fn_url(name, path)).send().await.expect("call")
+    }
+
+    /// `GET /fn/{name}{path}`, its body as JSON.
+    pub async fn get_json(&self, name: &str, path: &str) -> Value {
+        self.get(name, path).await.json().await.expect("a JSON body")
+    }
+
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, format!("{}/v1{path}", self.url)).bearer_auth(TOKEN)
     }
