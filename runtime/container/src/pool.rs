@@ -1,6 +1,6 @@
 //! The instance pool of one function version.
 //!
-//! Every call queues as a waiter; [`Pool::dispatch`] hands free capacity to waiters in arrival
+//! Every call queues as a waiter; `Pool::dispatch` hands free capacity to waiters in arrival
 //! order: a slot on a running instance (warm), else a paused instance resumed (unpause), else a
 //! new instance while fewer than `max_instances` exist or are starting (cold). So the pool grows to
 //! N = ceil(in_flight / concurrency) instances, and callers beyond `max_instances` wait until a
