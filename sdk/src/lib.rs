@@ -1,83 +1,134 @@
-//! Writing Amphi functions in Rust.
+//! Writing Amphi functions in Rust: one handler, two backends.
 //!
-//! Today this crate reads what the platform tells every call (CONTRACT.md, "Metadata headers in"),
-//! with no dependencies, so it builds for `wasm32-wasip1` and for containers alike. The one
-//! handler API that compiles to both backends is tracked as its own issue and will live here.
+//! A function is one handler from a [`Request`] to a [`Response`], registered with [`main!`]:
+//!
+//! ```no_run
+//! use amphi_sdk::{Request, Response};
+//!
+//! fn handle(req: Request) -> Response {
+//!     req.logger().log(format_args!("greeting {}", req.path()));
+//!     Response::text(format!("Hello from {}!\n", req.invocation().function))
+//! }
+//!
+//! amphi_sdk::main!(handle);
+//! ```
+//!
+//! The same crate (a binary: `src/main.rs`) builds for either backend of Amphi:
+//! - for `wasm32-wasip1`, [`main!`] exports `wasi:http/incoming-handler`; made a component with the
+//!   preview1 *proxy* adapter (`amphi build --target wasm` does both), it is deployed with
+//!   `amphi deploy NAME file.wasm`. Every request gets a fresh instance.
+//! - for the native target, [`main!`] writes `fn main` as a small HTTP/1.1 server on `$PORT` for a
+//!   container image (`amphi build --target container` writes the image's build context), deployed
+//!   with `amphi deploy NAME DIR --dockerfile`. One process serves many requests.
+//!
+//! An async handler is registered with `main!(async handle)`. On the native target it runs on a
+//! multi-threaded tokio runtime (its future must be `Send`); a sync handler runs on tokio's
+//! blocking pool, so it may block. On wasm both run on the one thread of the instance; an async
+//! handler is driven to completion there, and can await futures of its own, not a native runtime's
+//! timers or sockets.
+//!
+//! The invocation contract the platform keeps (metadata, limits, errors, logs) is `CONTRACT.md` at
+//! the root of the Amphi repository. What the SDK adds to it:
+//! - the function's configured environment is visible through [`std::env`] on both backends;
+//! - a panic in the handler ends the call as a crash: the platform answers 502 (wasm: the instance
+//!   traps; native: the process exits after printing the panic, and the platform replaces it);
+//! - [`Logger`] lines name their invocation, so they are attributed to it even when one container
+//!   serves several calls at once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod invocation;
+mod request;
+mod response;
 
-/// The invocation id header (a UUIDv7).
-pub const INVOCATION_ID: &str = "amphi-invocation-id";
-/// The function name header.
-pub const FUNCTION: &str = "amphi-function";
-/// The function version header.
-pub const FUNCTION_VERSION: &str = "amphi-function-version";
-/// The deadline header: milliseconds since the Unix epoch.
-pub const DEADLINE: &str = "amphi-deadline-ms";
+#[cfg(not(target_family = "wasm"))]
+mod native;
+#[cfg(target_family = "wasm")]
+mod wasm;
 
-/// What the platform says about the call in flight.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct InvocationMeta {
-    /// The invocation id, as in the invocation record and the log lines.
-    pub id: String,
-    /// The function's name.
-    pub function: String,
-    /// The version being run.
-    pub version: u64,
-    /// When the platform will cut the call off, in milliseconds since the Unix epoch.
-    pub deadline_unix_ms: u64,
+pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+pub use invocation::{Invocation, Logger};
+pub use request::Request;
+pub use response::{Body, Response};
+
+/// Registers the function's handler: `main!(handle)` for `fn handle(Request) -> Response`,
+/// `main!(async handle)` for `async fn handle(Request) -> Response`.
+///
+/// Use it once, at the top level of the binary crate's `src/main.rs`; it writes `fn main`.
+///
+/// ```no_run
+/// use amphi_sdk::{Request, Response};
+///
+/// async fn handle(req: Request) -> Response {
+///     Response::text(format!("{} bytes\n", req.body().len()))
+/// }
+///
+/// amphi_sdk::main!(async handle);
+/// ```
+#[macro_export]
+macro_rules! main {
+    (async $handler:path) => {
+        $crate::__entry!(async $handler);
+    };
+    ($handler:path) => {
+        $crate::__entry!(sync $handler);
+    };
 }
 
-impl InvocationMeta {
-    /// Reads the metadata from request headers, given as (name, value) pairs in any case.
-    ///
-    /// ```
-    /// let meta = amphi_sdk::InvocationMeta::from_headers([
-    ///     ("Amphi-Invocation-Id", "01a210a2-9ebf-73cd-bd4d-79b30276e719"),
-    ///     ("amphi-function", "hello"),
-    ///     ("amphi-function-version", "3"),
-    ///     ("amphi-deadline-ms", "1790000000000"),
-    /// ]);
-    /// assert_eq!(meta.function, "hello");
-    /// assert_eq!(meta.version, 3);
-    /// ```
-    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut meta = Self::default();
-        for (name, value) in headers {
-            match name.to_ascii_lowercase().as_str() {
-                INVOCATION_ID => meta.id = value.to_string(),
-                FUNCTION => meta.function = value.to_string(),
-                FUNCTION_VERSION => meta.version = value.parse().unwrap_or(0),
-                DEADLINE => meta.deadline_unix_ms = value.parse().unwrap_or(0),
-                _ => {}
+/// What [`main!`] expands to on wasm: the `wasi:http/incoming-handler` export.
+#[cfg(target_family = "wasm")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __entry {
+    ($kind:ident $handler:path) => {
+        struct AmphiFunction;
+
+        impl $crate::__private::wasip2::exports::http::incoming_handler::Guest for AmphiFunction {
+            fn handle(
+                request: $crate::__private::wasip2::http::types::IncomingRequest,
+                response_out: $crate::__private::wasip2::http::types::ResponseOutparam,
+            ) {
+                $crate::__entry!(@call $kind $handler, request, response_out);
             }
         }
-        meta
-    }
 
-    /// Reads the metadata from the CGI environment (`HTTP_AMPHI_*` variables).
-    ///
-    /// ```
-    /// // In a CGI function: let meta = amphi_sdk::InvocationMeta::from_cgi_env(std::env::vars());
-    /// let meta = amphi_sdk::InvocationMeta::from_cgi_env([("HTTP_AMPHI_FUNCTION".to_string(), "cgi".to_string())]);
-    /// assert_eq!(meta.function, "cgi");
-    /// ```
-    pub fn from_cgi_env(vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        let pairs: Vec<(String, String)> = vars
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("HTTP_")?.to_ascii_lowercase().replace('_', "-"), v)))
-            .collect();
-        Self::from_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    }
+        $crate::__private::wasip2::http::proxy::export!(AmphiFunction);
 
-    /// Time left before the deadline (zero once it has passed).
-    ///
-    /// ```
-    /// let meta = amphi_sdk::InvocationMeta { deadline_unix_ms: 0, ..Default::default() };
-    /// assert_eq!(meta.remaining(), std::time::Duration::ZERO);
-    /// ```
-    pub fn remaining(&self) -> Duration {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        Duration::from_millis(self.deadline_unix_ms.saturating_sub(now))
-    }
+        // A wasm32-wasip1 binary needs a `main`; the component never calls it.
+        fn main() {}
+    };
+    (@call sync $handler:path, $request:ident, $out:ident) => {
+        $crate::__private::handle_incoming($request, $out, $handler)
+    };
+    (@call async $handler:path, $request:ident, $out:ident) => {
+        $crate::__private::handle_incoming($request, $out, |request| {
+            $crate::__private::block_on($handler(request))
+        })
+    };
+}
+
+/// What [`main!`] expands to natively: `fn main` serving HTTP on `$PORT`.
+#[cfg(not(target_family = "wasm"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __entry {
+    (sync $handler:path) => {
+        fn main() {
+            $crate::__private::serve_sync($handler)
+        }
+    };
+    (async $handler:path) => {
+        fn main() {
+            $crate::__private::serve_async(|request| $handler(request))
+        }
+    };
+}
+
+/// Items [`main!`] expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    #[cfg(not(target_family = "wasm"))]
+    pub use crate::native::{serve_async, serve_sync};
+    #[cfg(target_family = "wasm")]
+    pub use crate::wasm::{block_on, handle_incoming};
+    #[cfg(target_family = "wasm")]
+    pub use wasip2;
 }

@@ -74,7 +74,8 @@ fn main() {
                 let _ = write!(out, "Status: {code} Custom\r\nContent-Type: text/plain\r\n\r\n");
             }
             None => {
-                let _ = write!(out, "Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nno such route\n");
+                let _ =
+                    write!(out, "Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nno such route\n");
             }
         },
     }

@@ -66,11 +66,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                     .entries()
                     .into_iter()
                     .map(|(name, value)| {
-                        format!(
-                            "[{},{}]",
-                            json_string(&name),
-                            json_string(&String::from_utf8_lossy(&value))
-                        )
+                        format!("[{},{}]", json_string(&name), json_string(&String::from_utf8_lossy(&value)))
                     })
                     .collect::<Vec<_>>()
                     .join(",");

@@ -247,7 +247,7 @@ async fn build(
     quiet: bool,
 ) -> Result<Value> {
     use std::io::IsTerminal as _;
-    let context = crate::pack::pack(dir, dockerfile)?;
+    let context = amphi_toolchain::pack::pack(dir, dockerfile)?;
     let path = format!("/v1/artifacts?function={}&dockerfile={}", encode(name), encode(dockerfile));
     if !quiet {
         eprintln!("building {} ({} context)", dir.display(), format_bytes(context.len() as u64));

@@ -188,3 +188,40 @@ async fn a_reader_that_goes_away_ends_the_output_quietly() {
         assert!(!stderr(&output).contains("panicked"), "{command:?}: {}", stderr(&output));
     }
 }
+
+/// `amphi build` makes a deployable component of an SDK crate, with the toolchain it finds.
+#[tokio::test]
+async fn build_makes_an_sdk_crate_deployable() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The guests' own target directory, so this reuses what amphi-guest-artifacts compiled.
+    let guests_target = std::path::Path::new(amphi_guest_artifacts::SDK_HELLO_COMPONENT)
+        .parent()
+        .and_then(|amphi| amphi.parent())
+        .expect("target/wasm-guests");
+    let built = Command::new(env!("CARGO_BIN_EXE_amphi"))
+        .args(["build", "--target", "wasm"])
+        .arg(repo.join("guest-examples/sdk-hello"))
+        .env("CARGO_TARGET_DIR", guests_target)
+        .output()
+        .expect("amphi build runs");
+    assert!(built.status.success(), "{}", stderr(&built));
+    let component = stdout(&built).trim().to_string();
+    assert!(component.ends_with("amphi/sdk-hello.wasm"), "{component}");
+    assert!(stderr(&built).contains("Deploy it with: amphi deploy sdk-hello"), "{}", stderr(&built));
+
+    let deployed = server.cli(&["deploy", "hello", &component]);
+    assert!(deployed.status.success(), "{}", stderr(&deployed));
+    let greeted = server.cli(&["invoke", "hello", "/greet?name=Ada"]);
+    assert_eq!(stdout(&greeted), "Hello, Ada!\n", "{}", stderr(&greeted));
+    let logs = server.wait_for("/logs?function=hello", |v| v.as_array().is_some_and(|l| !l.is_empty())).await;
+    assert_eq!(logs[0]["line"], "greeting Ada", "the SDK logger's prefix is removed: {logs}");
+
+    let not_a_crate = Command::new(env!("CARGO_BIN_EXE_amphi"))
+        .args(["build", temp.path().to_str().expect("utf-8 path")])
+        .output()
+        .expect("amphi build runs");
+    assert!(!not_a_crate.status.success());
+    assert!(stderr(&not_a_crate).contains("Cargo.toml"), "{}", stderr(&not_a_crate));
+}

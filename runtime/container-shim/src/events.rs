@@ -10,6 +10,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use amphi_contract::record::split_attribution;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -55,17 +56,25 @@ impl Events {
 
     /// A line of the long-running function's output, attributed to the call in flight if exactly
     /// one is.
+    /// A line naming a call in flight (`amphi-invocation=ID text`) goes to that call, prefix removed.
     pub fn log(&self, stream: &str, line: &str) {
         let state = self.state();
-        let invocation = match state.in_flight.as_slice() {
-            [only] => only.as_str(),
-            _ => "",
+        let (invocation, line) = match split_attribution(line) {
+            Some((id, text)) if state.in_flight.iter().any(|call| call == id) => (id, text),
+            _ => match state.in_flight.as_slice() {
+                [only] => (only.as_str(), line),
+                _ => ("", line),
+            },
         };
         Self::send(&state, json!({"type": "log", "invocation": invocation, "stream": stream, "line": line}));
     }
 
     /// A line written by the process serving `invocation` alone (CGI).
     pub fn log_for(&self, invocation: &str, stream: &str, line: &str) {
+        let line = match split_attribution(line) {
+            Some((id, text)) if id == invocation => text,
+            _ => line,
+        };
         let state = self.state();
         Self::send(&state, json!({"type": "log", "invocation": invocation, "stream": stream, "line": line}));
     }

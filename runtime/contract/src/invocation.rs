@@ -251,6 +251,12 @@ impl CaptureState {
         if text.ends_with('\r') {
             text.pop();
         }
+        // A line naming this very invocation loses its prefix; one naming another is kept as written.
+        if let Some((id, rest)) = crate::record::split_attribution(&text)
+            && id == self.invocation_id
+        {
+            text = rest.to_string();
+        }
         if text.len() > self.budget {
             if !self.truncated {
                 self.truncated = true;

@@ -170,3 +170,28 @@ pub struct LogLine {
     /// The text, without its line break (invalid UTF-8 replaced).
     pub line: String,
 }
+
+/// The prefix that attributes a log line to an invocation: a function writes
+/// `amphi-invocation=ID text`, and `text` is stored for invocation `ID` (CONTRACT.md §9).
+pub const ATTRIBUTION_PREFIX: &str = "amphi-invocation=";
+
+/// Splits a line written as `amphi-invocation=ID text` into the id and the text.
+pub fn split_attribution(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix(ATTRIBUTION_PREFIX)?;
+    Some(rest.split_once(' ').unwrap_or((rest, "")))
+}
+
+#[cfg(test)]
+mod attribution_tests {
+    use super::split_attribution;
+
+    #[test]
+    fn a_prefixed_line_names_its_invocation() {
+        assert_eq!(
+            split_attribution("amphi-invocation=01ab resized 3 images"),
+            Some(("01ab", "resized 3 images"))
+        );
+        assert_eq!(split_attribution("amphi-invocation=01ab"), Some(("01ab", "")));
+        assert_eq!(split_attribution("plain line"), None);
+    }
+}

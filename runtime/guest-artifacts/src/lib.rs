@@ -8,3 +8,15 @@ pub const RUST_HTTP_COMPONENT: &str = env!("AMPHI_GUEST_RUST_HTTP_COMPONENT");
 pub const RUST_CGI_MODULE: &str = env!("AMPHI_GUEST_RUST_CGI_MODULE");
 /// `guest-examples/c-cgi` (C, wasi-libc) as a preview1 command module speaking CGI.
 pub const C_CGI_MODULE: &str = env!("AMPHI_GUEST_C_CGI_MODULE");
+/// `guest-examples/sdk-hello`, an SDK function, as a component (`amphi build --target wasm`).
+pub const SDK_HELLO_COMPONENT: &str = env!("AMPHI_GUEST_SDK_HELLO_COMPONENT");
+/// The SDK conformance function as a component.
+pub const CONFORMANCE_SDK_COMPONENT: &str = env!("AMPHI_GUEST_CONFORMANCE_SDK_COMPONENT");
+/// The SDK conformance function, from the same source, as a container build context.
+pub const CONFORMANCE_SDK_CONTEXT: &str = env!("AMPHI_GUEST_CONFORMANCE_SDK_CONTEXT");
+/// The C conformance function as a preview1 CGI module.
+pub const CONFORMANCE_CGI_MODULE: &str = env!("AMPHI_GUEST_CONFORMANCE_CGI_MODULE");
+/// The C conformance function, from the same source, as a CGI container's build context.
+pub const CONFORMANCE_CGI_CONTEXT: &str = env!("AMPHI_GUEST_CONFORMANCE_CGI_CONTEXT");
+/// The Python conformance function: a container serving HTTP on `$PORT`.
+pub const CONFORMANCE_PYTHON_CONTEXT: &str = env!("AMPHI_GUEST_CONFORMANCE_PYTHON_CONTEXT");

@@ -8,8 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
 use globset::{GlobBuilder, GlobMatcher};
+
+use crate::ToolchainError;
+
+type Result<T> = std::result::Result<T, ToolchainError>;
 
 /// The rules of a `.dockerignore`.
 pub struct IgnoreRules {
@@ -37,7 +40,7 @@ impl IgnoreRules {
             let glob = GlobBuilder::new(pattern)
                 .literal_separator(true)
                 .build()
-                .with_context(|| format!(".dockerignore: bad pattern `{line}`"))?;
+                .map_err(|e| ToolchainError::Invalid(format!(".dockerignore: bad pattern `{line}`: {e}")))?;
             rules.push((glob.compile_matcher(), include));
         }
         Ok(Self { rules })
@@ -61,15 +64,18 @@ impl IgnoreRules {
 /// Packs `dir` into a gzip-compressed tar; checks that `dockerfile` is in it.
 pub fn pack(dir: &Path, dockerfile: &str) -> Result<Vec<u8>> {
     if !dir.is_dir() {
-        bail!("{} is not a directory (a build context is a directory with a Dockerfile)", dir.display());
+        return Err(ToolchainError::Invalid(format!(
+            "{} is not a directory (a build context is a directory with a Dockerfile)",
+            dir.display()
+        )));
     }
     if !dir.join(dockerfile).is_file() {
-        bail!("{} has no {dockerfile}", dir.display());
+        return Err(ToolchainError::Invalid(format!("{} has no {dockerfile}", dir.display())));
     }
     let rules = match std::fs::read_to_string(dir.join(".dockerignore")) {
         Ok(text) => IgnoreRules::parse(&text)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules { rules: Vec::new() },
-        Err(e) => return Err(e).context("reading .dockerignore"),
+        Err(e) => return Err(ToolchainError::io(dir.join(".dockerignore"), e)),
     };
     let always = [dockerfile.trim_start_matches("./"), ".dockerignore"];
     let mut files = Vec::new();
@@ -79,8 +85,7 @@ pub fn pack(dir: &Path, dockerfile: &str) -> Result<Vec<u8>> {
     let mut archive = tar::Builder::new(encoder);
     for relative in files {
         let path = dir.join(&relative);
-        let metadata =
-            std::fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let metadata = std::fs::symlink_metadata(&path).map_err(|e| ToolchainError::io(&path, e))?;
         let mut header = tar::Header::new_gnu();
         header.set_mtime(0);
         header.set_uid(0);
@@ -89,23 +94,25 @@ pub fn pack(dir: &Path, dockerfile: &str) -> Result<Vec<u8>> {
         header.set_mode(metadata.permissions().mode() & 0o7777);
         let name = relative.to_string_lossy().into_owned();
         if metadata.file_type().is_symlink() {
-            let target = std::fs::read_link(&path)?;
+            let target = std::fs::read_link(&path).map_err(|e| ToolchainError::io(&path, e))?;
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
-            archive.append_link(&mut header, &name, &target).with_context(|| format!("packing {name}"))?;
+            archive.append_link(&mut header, &name, &target).map_err(|e| ToolchainError::io(&path, e))?;
         } else if metadata.is_dir() {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_size(0);
-            archive.append_data(&mut header, format!("{name}/"), std::io::empty())?;
+            archive
+                .append_data(&mut header, format!("{name}/"), std::io::empty())
+                .map_err(|e| ToolchainError::io(&path, e))?;
         } else if metadata.is_file() {
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(metadata.len());
-            let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
-            archive.append_data(&mut header, &name, file).with_context(|| format!("packing {name}"))?;
+            let file = std::fs::File::open(&path).map_err(|e| ToolchainError::io(&path, e))?;
+            archive.append_data(&mut header, &name, file).map_err(|e| ToolchainError::io(&path, e))?;
         }
     }
-    let encoder = archive.into_inner().context("finishing the archive")?;
-    encoder.finish().context("compressing the build context")
+    let encoder = archive.into_inner().map_err(|e| ToolchainError::io(dir, e))?;
+    encoder.finish().map_err(|e| ToolchainError::io(dir, e))
 }
 
 fn walk(
@@ -115,22 +122,24 @@ fn walk(
     always: &[&str],
     out: &mut Vec<PathBuf>,
 ) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(root.join(&relative))
-        .with_context(|| format!("reading {}", root.join(&relative).display()))?
-        .collect::<std::io::Result<_>>()?;
+    let dir = root.join(&relative);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .and_then(|entries| entries.collect::<std::io::Result<_>>())
+        .map_err(|e| ToolchainError::io(&dir, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = relative.join(entry.file_name());
         let name = path.to_string_lossy().into_owned();
+        let is_dir = entry.file_type().map_err(|e| ToolchainError::io(entry.path(), e))?.is_dir();
         if rules.excludes(&name) && !always.contains(&name.as_str()) {
             // A re-included file below an excluded directory still needs the walk.
-            if !entry.file_type()?.is_dir() || !rules.rules.iter().any(|(_, include)| *include) {
+            if !is_dir || !rules.rules.iter().any(|(_, include)| *include) {
                 continue;
             }
         } else {
             out.push(path.clone());
         }
-        if entry.file_type()?.is_dir() {
+        if is_dir {
             walk(root, path, rules, always, out)?;
         }
     }
