@@ -54,9 +54,9 @@ impl Events {
         let _ = state.sender.send(Bytes::from(line));
     }
 
-    /// A line of the long-running function's output, attributed to the call in flight if exactly
-    /// one is.
-    /// A line naming a call in flight (`amphi-invocation=ID text`) goes to that call, prefix removed.
+    /// A line of the long-running function's output: a line naming a call in flight
+    /// (`amphi-invocation=ID text`) goes to that call, prefix removed; any other line to the call
+    /// in flight if exactly one is.
     pub fn log(&self, stream: &str, line: &str) {
         let state = self.state();
         let (invocation, line) = match split_attribution(line) {
