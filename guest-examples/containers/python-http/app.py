@@ -111,5 +111,11 @@ def sandbox():
     }
 
 
+class Server(ThreadingHTTPServer):
+    # The default backlog of 5 overflows when the platform opens many connections at once (a
+    # burst of concurrent calls), and a refused connection is retried only after a second.
+    request_queue_size = 128
+
+
 print("python function starting", flush=True)
-ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
+Server(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()

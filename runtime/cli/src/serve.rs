@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// Spectre heap mitigation; costs two mprotect calls per request that grows memory).
     #[arg(long)]
     wasm_guard_pages: bool,
+    /// Fresh instances kept ready per recently called wasm function (0: make each one when its
+    /// request arrives).
+    #[arg(long, default_value_t = 2)]
+    wasm_ready_instances: usize,
+    /// Threads serving connections, each on its own listener (0: one per CPU).
+    #[arg(long, env = "AMPHI_WORKERS", default_value_t = 0)]
+    workers: usize,
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -73,6 +80,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.wasm.max_memory_bytes = args.wasm_max_memory;
     config.wasm.pool_instances = args.wasm_pool_instances;
     config.wasm.guard_pages = args.wasm_guard_pages;
+    config.wasm.ready.per_function = args.wasm_ready_instances;
+    config.workers = args.workers;
 
     let server = Server::bind(config).await.context("cannot start the server")?;
     let addr = server.local_addr()?;

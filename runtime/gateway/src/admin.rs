@@ -283,8 +283,12 @@ fn stats(platform: &Platform) -> Response<ResponseBody> {
                 "pooling_allocator": wasm.pooling_allocator,
                 "compiled": wasm.compiled,
                 "loaded_from_disk": wasm.loaded_from_disk,
+                "instances_made": wasm.instances_made,
+                "instance_mean_ns": wasm.instance_mean_ns,
+                "ready_hits": wasm.ready_hits,
+                "ready_misses": wasm.ready_misses,
             },
-            "logs": { "dropped": platform.logs.dropped() },
+            "logs": { "lines_stored": platform.logs.lines_stored(), "dropped": platform.logs.dropped() },
         }),
     )
 }

@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub logs: LogStoreConfig,
     /// The wasm backend's settings.
     pub wasm: WasmSettings,
+    /// Threads that accept and serve connections, each with its own listener on the same port;
+    /// 0 means one per CPU.
+    pub workers: usize,
 }
 
 impl ServeConfig {
@@ -46,6 +49,7 @@ impl ServeConfig {
             log_bytes_per_invocation: 64 << 10,
             logs: LogStoreConfig::default(),
             wasm: WasmSettings::default(),
+            workers: 0,
         }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use amphi_contract::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};
@@ -110,6 +110,7 @@ pub struct LogStore {
     reader: Mutex<Connection>,
     events: broadcast::Sender<StoredEvent>,
     dropped: AtomicU64,
+    lines_stored: Arc<AtomicU64>,
 }
 
 const SCHEMA: &str = "
@@ -169,13 +170,15 @@ impl LogStore {
 
         let (queue, receiver) = std::sync::mpsc::sync_channel(config.queue_capacity);
         let (events, _) = broadcast::channel(16 * 1024);
-        let writer = Writer { conn: writer_conn, events: events.clone(), config };
+        let lines_stored = Arc::new(AtomicU64::new(0));
+        let writer =
+            Writer { conn: writer_conn, events: events.clone(), config, lines_stored: lines_stored.clone() };
         // The thread ends when the store (the queue's only sender) is dropped.
         std::thread::Builder::new()
             .name("amphi-log-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|source| StoreError::Io { what: "starting the log writer".into(), source })?;
-        Ok(Self { queue, reader: Mutex::new(reader), events, dropped: AtomicU64::new(0) })
+        Ok(Self { queue, reader: Mutex::new(reader), events, dropped: AtomicU64::new(0), lines_stored })
     }
 
     /// Waits until everything queued before this call is committed. Blocking.
@@ -188,6 +191,11 @@ impl LogStore {
     /// A live feed of what the store commits from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<StoredEvent> {
         self.events.subscribe()
+    }
+
+    /// Log lines committed since the store was opened.
+    pub fn lines_stored(&self) -> u64 {
+        self.lines_stored.load(Ordering::Relaxed)
     }
 
     /// Items dropped because the writer could not keep up.
@@ -333,6 +341,7 @@ struct Writer {
     conn: Connection,
     events: broadcast::Sender<StoredEvent>,
     config: LogStoreConfig,
+    lines_stored: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -373,6 +382,7 @@ impl Writer {
     fn write_batch(&mut self, batch: Vec<Op>) -> Result<(), StoreError> {
         let mut committed = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
+        let mut lines = 0;
         let tx = self.conn.transaction()?;
         {
             let mut insert_line = tx.prepare_cached(
@@ -394,6 +404,7 @@ impl Writer {
                             line.line
                         ])?;
                         line.seq = tx.last_insert_rowid() as u64;
+                        lines += 1;
                         committed.push(StoredEvent::Log(line));
                     }
                     Op::Record(record) => {
@@ -424,6 +435,7 @@ impl Writer {
             }
         }
         tx.commit()?;
+        self.lines_stored.fetch_add(lines, Ordering::Relaxed);
         if self.events.receiver_count() > 0 {
             for event in committed {
                 let _ = self.events.send(event);

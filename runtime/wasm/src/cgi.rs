@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use amphi_contract::cgi::{meta_variables, parse_response};
-use amphi_contract::record::{LogStream, StartKind};
+use amphi_contract::record::StartKind;
 use amphi_contract::{
     BackendError, BackendResponse, BoxError, ConnectionInfo, Finish, Invocation, Outcome, ProblemKind,
 };
@@ -20,7 +20,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{I32Exit, WasiCtx};
 
 use crate::limits::CallLimits;
-use crate::output::LogOutput;
+use crate::output::OutputTarget;
 use crate::{classify_failure, deadline_exceeded, new_store};
 
 /// The store data of a CGI call.
@@ -51,12 +51,13 @@ pub async fn invoke(
     ));
 
     let stdout = MemoryOutputPipe::new(max_response_bytes);
+    let (_, stderr) = OutputTarget::bound(invocation.log.clone()).streams();
     let mut wasi = WasiCtx::builder();
     wasi.envs(&env)
         .arg(&invocation.function.name)
         .stdin(MemoryInputPipe::new(body))
         .stdout(stdout.clone())
-        .stderr(LogOutput::new(invocation.log.clone(), LogStream::Stderr));
+        .stderr(stderr);
     let state =
         CgiState { wasi: wasi.build_p1(), limits: CallLimits::new(config.memory_bytes, invocation.deadline) };
     let mut store = new_store(pre.module().engine(), state, |s| &mut s.limits);

@@ -32,6 +32,8 @@ pub struct WasmSettings {
     pub cache_entries: u64,
     /// Largest response a CGI module may write to stdout.
     pub max_cgi_response_bytes: usize,
+    /// Instances made ahead of their requests.
+    pub ready: crate::ReadySettings,
 }
 
 impl Default for WasmSettings {
@@ -42,6 +44,7 @@ impl Default for WasmSettings {
             guard_pages: false,
             cache_entries: 1000,
             max_cgi_response_bytes: 32 << 20,
+            ready: crate::ReadySettings::default(),
         }
     }
 }

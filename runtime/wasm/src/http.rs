@@ -4,10 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use amphi_contract::record::{LogStream, StartKind};
-use amphi_contract::{BackendError, BackendResponse, BoxError, Finish, Invocation, Outcome, ProblemKind};
+use amphi_contract::record::StartKind;
+use amphi_contract::{
+    BackendError, BackendResponse, BoxError, Finish, FunctionVersion, Invocation, Outcome, ProblemKind,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -15,7 +18,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::limits::CallLimits;
-use crate::output::LogOutput;
+use crate::output::OutputTarget;
+use crate::ready::{ReadyInstance, ReadyInstances};
 use crate::{classify_failure, deadline_exceeded, new_store};
 
 /// The store data of a component call.
@@ -80,33 +84,36 @@ impl WasiHttpHooks for OutboundPolicy {
     }
 }
 
-/// Serves one request with a fresh instance of `pre`.
+/// Serves one request with a fresh instance of `pre`: one of `instances`, made before the
+/// request came, or else one made now.
 ///
 /// The guest runs in its own task so it can keep streaming the body after the response head is
-/// sent; that task finishes the invocation record when the guest returns.
+/// sent; that task finishes the invocation record when the guest returns, then has the next
+/// ready instance made.
 ///
 /// `code_load` is the time spent loading the function's code when this call found it missing
 /// from the cache (a cold start).
 pub async fn invoke(
     pre: ProxyPre<HttpState>,
+    instances: Arc<ReadyInstances>,
     invocation: Invocation,
     request: http::Request<Bytes>,
     code_load: Option<Duration>,
 ) -> Result<BackendResponse, BackendError> {
     let init_started = Instant::now();
-    let config = &invocation.function.config;
-    let mut wasi = WasiCtx::builder();
-    wasi.envs(&config.env.iter().collect::<Vec<_>>())
-        .stdout(LogOutput::new(invocation.log.clone(), LogStream::Stdout))
-        .stderr(LogOutput::new(invocation.log.clone(), LogStream::Stderr));
-    let state = HttpState {
-        wasi: wasi.build(),
-        http: WasiHttpCtx::new(),
-        table: ResourceTable::new(),
-        outbound: OutboundPolicy { allowed_hosts: config.allowed_outbound_hosts.clone().into() },
-        limits: CallLimits::new(config.memory_bytes, invocation.deadline),
+    let function = invocation.function.clone();
+    let (mut store, ready_proxy) = match instances.take(&function) {
+        Some(ReadyInstance { mut store, proxy, output }) => {
+            output.bind(invocation.log.clone());
+            store.data_mut().limits.set_deadline(invocation.deadline);
+            store.set_epoch_deadline(1);
+            (store, Some(proxy))
+        }
+        None => {
+            let output = OutputTarget::bound(invocation.log.clone());
+            (new_http_store(pre.engine(), &invocation.function, &output, invocation.deadline), None)
+        }
     };
-    let mut store = new_store(pre.engine(), state, |s| &mut s.limits);
 
     let request = request.map(Full::new);
     let status = Arc::new(AtomicU16::new(0));
@@ -140,7 +147,14 @@ pub async fn invoke(
         let deadline = tokio::time::Instant::from_std(invocation.deadline);
         let mut init = None;
         let run = async {
-            let proxy = pre.instantiate_async(&mut store).await;
+            let proxy = match ready_proxy {
+                Some(proxy) => Ok(proxy),
+                None => {
+                    let proxy = pre.instantiate_async(&mut store).await;
+                    instances.stats.made_since(init_started);
+                    proxy
+                }
+            };
             let ready = code_load.unwrap_or_default() + init_started.elapsed();
             init = Some(ready);
             let _ = init_tx.send(ready);
@@ -153,6 +167,7 @@ pub async fn invoke(
             Err(_elapsed) => Some(deadline_exceeded(&invocation)),
         };
         drop(store);
+        instances.replenish(&function, &pre);
         let sent_status = status.load(Ordering::Relaxed);
         let failure = match failure {
             None if sent_status == 0 => Some(no_response()),
@@ -206,6 +221,27 @@ pub async fn invoke(
             }
         },
     }
+}
+
+/// A store for one instance of `function`: its environment and limits, output to `output`.
+pub(crate) fn new_http_store(
+    engine: &wasmtime::Engine,
+    function: &FunctionVersion,
+    output: &OutputTarget,
+    deadline: Instant,
+) -> Store<HttpState> {
+    let config = &function.config;
+    let (stdout, stderr) = output.streams();
+    let mut wasi = WasiCtx::builder();
+    wasi.envs(&config.env.iter().collect::<Vec<_>>()).stdout(stdout).stderr(stderr);
+    let state = HttpState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        outbound: OutboundPolicy { allowed_hosts: config.allowed_outbound_hosts.clone().into() },
+        limits: CallLimits::new(config.memory_bytes, deadline),
+    };
+    new_store(engine, state, |s| &mut s.limits)
 }
 
 /// Aborts the task it holds when dropped.

@@ -2,7 +2,8 @@
 //!
 //! One shared [`Engine`](wasmtime::Engine) ([`engine`]) compiles each artifact once
 //! ([`prepare`]); every call gets a new `Store` and instance from a pre-instantiated form, so
-//! nothing leaks from one call to the next. Two bindings of the one contract:
+//! nothing leaks from one call to the next. For functions called recently, that instance is made
+//! before the request arrives ([`ready`]). Two bindings of the one contract:
 //! - [`http`]: components exporting `wasi:http/incoming-handler` (WASI 0.2), streaming bodies;
 //! - [`cgi`]: WASI preview1 command modules speaking CGI 1.1 over stdio.
 //!
@@ -17,6 +18,7 @@ pub mod http;
 pub mod limits;
 pub mod output;
 pub mod prepare;
+pub mod ready;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,6 +34,8 @@ use wasmtime::{Engine, Store};
 pub use engine::WasmSettings;
 pub use prepare::PrepareError;
 use prepare::{Prepared, Preparer};
+use ready::ReadyInstances;
+pub use ready::ReadySettings;
 
 use crate::limits::CallLimits;
 
@@ -55,11 +59,20 @@ pub struct WasmStats {
     pub compiled: u64,
     /// Artifacts loaded from compiled code on disk since start.
     pub loaded_from_disk: u64,
+    /// `wasi:http` instances made since start, ready ones and ones made on the request path.
+    pub instances_made: u64,
+    /// Mean time to make one of them (store, context, instantiation), in nanoseconds.
+    pub instance_mean_ns: u64,
+    /// Calls that found a ready instance.
+    pub ready_hits: u64,
+    /// Calls that made their instance on the request path.
+    pub ready_misses: u64,
 }
 
 /// The wasm backend.
 pub struct WasmBackend {
     preparer: Arc<Preparer>,
+    ready: Arc<ReadyInstances>,
     settings: WasmSettings,
     pooling: bool,
 }
@@ -71,7 +84,8 @@ impl WasmBackend {
         engine::start_epoch_ticker(&engine)?;
         let preparer = Preparer::new(engine, artifacts, settings.cache_entries)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        Ok(Self { preparer: Arc::new(preparer), settings, pooling })
+        let ready = Arc::new(ReadyInstances::new(settings.ready));
+        Ok(Self { preparer: Arc::new(preparer), ready, settings, pooling })
     }
 
     /// Validates and compiles an upload already stored under `digest`; returns its kind.
@@ -94,7 +108,13 @@ impl WasmBackend {
 
     /// The backend's counters.
     pub fn stats(&self) -> WasmStats {
+        let instances = &self.ready.stats;
+        let made = instances.made.load(Ordering::Relaxed);
         WasmStats {
+            instances_made: made,
+            instance_mean_ns: instances.making_ns.load(Ordering::Relaxed).checked_div(made).unwrap_or(0),
+            ready_hits: instances.ready_hits.load(Ordering::Relaxed),
+            ready_misses: instances.ready_misses.load(Ordering::Relaxed),
             pooling_allocator: self.pooling,
             compiled: self.preparer.stats.compiled.load(Ordering::Relaxed),
             loaded_from_disk: self.preparer.stats.loaded_from_disk.load(Ordering::Relaxed),
@@ -113,6 +133,7 @@ impl Backend for WasmBackend {
 
     fn invoke(&self, invocation: Invocation, request: ::http::Request<Bytes>) -> InvokeFuture {
         let preparer = self.preparer.clone();
+        let ready = self.ready.clone();
         let max_cgi_response = self.settings.max_cgi_response_bytes;
         Box::pin(async move {
             let (prepared, code_load) = match preparer.cached(&invocation.function.digest) {
@@ -143,7 +164,7 @@ impl Backend for WasmBackend {
                 }
             };
             match &*prepared {
-                Prepared::Http(pre) => http::invoke(pre.clone(), invocation, request, code_load).await,
+                Prepared::Http(pre) => http::invoke(pre.clone(), ready, invocation, request, code_load).await,
                 Prepared::Cgi(pre) => {
                     cgi::invoke(pre.clone(), invocation, request, code_load, max_cgi_response).await
                 }
@@ -151,9 +172,10 @@ impl Backend for WasmBackend {
         })
     }
 
-    fn retire(&self, _function: &str) {
-        // Ready forms are cached by artifact digest, which other functions may share; an unused
-        // one ages out of the bounded cache. In-flight calls hold their own reference.
+    fn retire(&self, function: &str) {
+        // Compiled forms are cached by artifact digest, which other functions may share; an
+        // unused one ages out of the bounded cache. Ready instances belong to the version.
+        self.ready.retire(function);
     }
 }
 

@@ -28,6 +28,11 @@ impl CallLimits {
         }
     }
 
+    /// Moves the deadline: an instance made ahead of its call gets the call's.
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
     /// Called on every epoch tick while the guest runs: yield to other tasks, or stop the guest
     /// when its deadline has passed.
     pub fn on_epoch(&mut self) -> UpdateDeadline {

@@ -1,6 +1,10 @@
 //! A guest's stdout and stderr, fed line by line into its invocation's log capture.
+//!
+//! An instance made before its request arrived ([`crate::ready`]) has no invocation yet: what it
+//! writes while instantiating is held back and handed to the invocation that takes it.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use amphi_contract::LogCapture;
@@ -10,19 +14,69 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+/// Where an instance's output goes; shared by its stdout and stderr.
+#[derive(Clone)]
+pub struct OutputTarget(Arc<Mutex<Target>>);
+
+enum Target {
+    /// No invocation yet: output waits here, up to [`HELD_BACK_BYTES`].
+    Pending(Vec<(LogStream, Vec<u8>)>, usize),
+    Bound(LogCapture),
+}
+
+/// Output an instance may write before its invocation exists; the rest is dropped.
+const HELD_BACK_BYTES: usize = 64 * 1024;
+
+impl OutputTarget {
+    /// Output of an invocation that exists.
+    pub fn bound(capture: LogCapture) -> Self {
+        Self(Arc::new(Mutex::new(Target::Bound(capture))))
+    }
+
+    /// Output of an instance made before its invocation.
+    pub fn pending() -> Self {
+        Self(Arc::new(Mutex::new(Target::Pending(Vec::new(), 0))))
+    }
+
+    /// From now on output goes to `capture`, after what was held back.
+    pub fn bind(&self, capture: LogCapture) {
+        let mut target = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Target::Pending(held, _) = &*target {
+            for (stream, bytes) in held {
+                capture.write(*stream, bytes);
+            }
+        }
+        *target = Target::Bound(capture);
+    }
+
+    /// The stdout and stderr streams writing here.
+    pub fn streams(&self) -> (LogOutput, LogOutput) {
+        (
+            LogOutput { target: self.clone(), stream: LogStream::Stdout },
+            LogOutput { target: self.clone(), stream: LogStream::Stderr },
+        )
+    }
+
+    fn write(&self, stream: LogStream, bytes: &[u8]) {
+        match &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Target::Bound(capture) => capture.write(stream, bytes),
+            Target::Pending(held, size) => {
+                let take = bytes.len().min(HELD_BACK_BYTES - *size);
+                if take > 0 {
+                    held.push((stream, bytes[..take].to_vec()));
+                    *size += take;
+                }
+            }
+        }
+    }
+}
+
 /// One of a guest's output streams. Never blocks and never fails: output past the invocation's
 /// log budget is dropped by the capture, which records the truncation.
 #[derive(Clone)]
 pub struct LogOutput {
-    capture: LogCapture,
+    target: OutputTarget,
     stream: LogStream,
-}
-
-impl LogOutput {
-    /// Output to `stream` of the invocation whose capture this is.
-    pub fn new(capture: LogCapture, stream: LogStream) -> Self {
-        Self { capture, stream }
-    }
 }
 
 /// Bytes the guest may write in one go: large enough for any log line, small enough for stack use.
@@ -30,7 +84,7 @@ const WRITE_BUDGET: usize = 64 * 1024;
 
 impl OutputStream for LogOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.capture.write(self.stream, &bytes);
+        self.target.write(self.stream, &bytes);
         Ok(())
     }
 
@@ -50,7 +104,7 @@ impl Pollable for LogOutput {
 
 impl AsyncWrite for LogOutput {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.capture.write(self.stream, buf);
+        self.target.write(self.stream, buf);
         Poll::Ready(Ok(buf.len()))
     }
 

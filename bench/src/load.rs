@@ -1,0 +1,147 @@
+//! Load and latency: `wrk` runs (bounded in time) and sequential timed calls, with the
+//! percentiles the report quotes.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use serde::Serialize;
+
+use crate::servers::Http;
+
+/// Medians and 99th percentiles of a set of samples.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    /// The median.
+    pub p50: f64,
+    /// The 99th percentile.
+    pub p99: f64,
+}
+
+impl Percentiles {
+    /// Of `samples` (any order; not empty).
+    pub fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples.get(((samples.len().max(1) - 1) as f64 * q).round() as usize).copied();
+        Self { p50: at(0.5).unwrap_or(f64::NAN), p99: at(0.99).unwrap_or(f64::NAN) }
+    }
+}
+
+/// The median of `values`.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    Percentiles::of(values.into_iter().collect()).p50
+}
+
+/// What one `wrk` run reported.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WrkRun {
+    /// Requests per second.
+    pub rps: f64,
+    /// Latency median, µs.
+    pub p50_us: f64,
+    /// Latency 99th percentile, µs.
+    pub p99_us: f64,
+}
+
+impl WrkRun {
+    /// The median of each figure over `runs` (alternated with other servers' runs).
+    pub fn median_of(runs: &[WrkRun]) -> WrkRun {
+        WrkRun {
+            rps: median(runs.iter().map(|r| r.rps)),
+            p50_us: median(runs.iter().map(|r| r.p50_us)),
+            p99_us: median(runs.iter().map(|r| r.p99_us)),
+        }
+    }
+}
+
+/// `wrk -t1 -cN -dS --latency URL`. Fails if any response was not 2xx or a socket failed.
+pub fn wrk(url: &str, connections: u32, seconds: u32) -> Result<WrkRun> {
+    let output = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
+        .output()
+        .context("running wrk (apt-get install -y wrk)")?;
+    if !output.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    if let Some(errors) = text.lines().find(|l| l.contains("Non-2xx") || l.contains("Socket errors")) {
+        bail!("wrk saw errors against {url}: {errors}");
+    }
+    let percentile = |p: &str| -> Result<f64> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(p)).context("no latency distribution")?;
+        parse_wrk_time(line.split_whitespace().nth(1).context("no value")?)
+    };
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .context("no Requests/sec in wrk's output")?
+        .trim()
+        .parse()?;
+    Ok(WrkRun { rps, p50_us: percentile("50%")?, p99_us: percentile("99%")? })
+}
+
+fn parse_wrk_time(text: &str) -> Result<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).context("no unit")?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse()?;
+    Ok(match unit {
+        "us" => number,
+        "ms" => number * 1e3,
+        "s" => number * 1e6,
+        other => bail!("unknown wrk unit {other}"),
+    })
+}
+
+/// What one call returned.
+pub struct Called {
+    /// Its status.
+    pub status: u16,
+    /// Its `Server-Timing` header.
+    pub timing: String,
+    /// Seconds from sending to the end of the body.
+    pub seconds: f64,
+}
+
+impl Called {
+    /// Milliseconds the whole call took.
+    pub fn ms(&self) -> f64 {
+        self.seconds * 1e3
+    }
+
+    /// The gateway's `init` for the call, in ms (0 when absent).
+    pub fn init_ms(&self) -> f64 {
+        self.timing
+            .split(", ")
+            .find_map(|p| p.strip_prefix("init;dur="))
+            .and_then(|v| v.split(';').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The `desc` of the gateway's `init` (cold, unpause, …).
+    pub fn init_desc(&self) -> &str {
+        self.timing.split("desc=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("")
+    }
+}
+
+/// A GET of `url`, timed to the end of the body.
+pub async fn call(http: &Http, url: &str) -> Result<Called> {
+    let began = Instant::now();
+    let response = http.request(hyper::Request::get(url).body(Full::new(Bytes::new()))?).await?;
+    let status = response.status().as_u16();
+    let timing =
+        response.headers().get("server-timing").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    response.into_body().collect().await?;
+    Ok(Called { status, timing, seconds: began.elapsed().as_secs_f64() })
+}
+
+/// A GET that must answer 200.
+pub async fn call_ok(http: &Http, url: &str) -> Result<Called> {
+    let called = call(http, url).await?;
+    if called.status != 200 {
+        bail!("GET {url} answered {} ({})", called.status, called.timing);
+    }
+    Ok(called)
+}

@@ -1,0 +1,180 @@
+//! Instances made before their request arrives.
+//!
+//! Instantiating is a large share of what a call costs the server, and on the request path it
+//! adds straight to latency. For each `wasi:http` function called recently the backend keeps a
+//! few fresh, never-used instances ready and, when a call takes one, makes the next off the
+//! request's path. Each instance still serves exactly one request: nothing carries over from one
+//! call to the next, as if it had been made when the request came in.
+//!
+//! An instance is made for one function version (its code, environment and memory limit); a new
+//! deploy or a delete throws its ready instances away. Instances are held for at most
+//! [`ReadySettings::functions`] functions, the least recently called dropped first, and a
+//! function not called for [`IDLE`] loses them, so an idle server holds no pool slots.
+//!
+//! CGI modules get none: their environment and stdin are the request itself.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use amphi_contract::FunctionVersion;
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+
+use crate::http::HttpState;
+use crate::output::OutputTarget;
+
+/// A function not called for this long loses its ready instances.
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// How many instances are kept ready.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadySettings {
+    /// Ready instances per function; 0 turns pre-instantiation off.
+    pub per_function: usize,
+    /// Functions that have ready instances at once.
+    pub functions: u64,
+}
+
+impl Default for ReadySettings {
+    fn default() -> Self {
+        Self { per_function: 2, functions: 64 }
+    }
+}
+
+/// A fresh instance with its store, not yet given a request.
+pub struct ReadyInstance {
+    /// The store, its limits set for the function; the deadline is set when a call takes it.
+    pub store: Store<HttpState>,
+    /// The instance.
+    pub proxy: Proxy,
+    /// Where its output goes once a call takes it.
+    pub output: OutputTarget,
+}
+
+/// How instances were made, for `/v1/stats`.
+#[derive(Debug, Default)]
+pub struct InstanceStats {
+    /// Instances made (ready or on the request path).
+    pub made: AtomicU64,
+    /// Nanoseconds spent making them: store, context and instantiation.
+    pub making_ns: AtomicU64,
+    /// Calls that took a ready instance.
+    pub ready_hits: AtomicU64,
+    /// Calls that had to make their instance on the request path.
+    pub ready_misses: AtomicU64,
+}
+
+impl InstanceStats {
+    /// Counts one instance made since `started`.
+    pub fn made_since(&self, started: Instant) {
+        self.made.fetch_add(1, Ordering::Relaxed);
+        self.making_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Ready instances of one function version.
+struct FunctionReady {
+    version: u64,
+    instances: Mutex<Vec<ReadyInstance>>,
+    refilling: AtomicBool,
+    /// Making an instance failed (a trap while instantiating, say): the version gets no more;
+    /// its calls make their own and report why.
+    failed: AtomicBool,
+}
+
+/// The ready instances of every recently called `wasi:http` function.
+pub struct ReadyInstances {
+    settings: ReadySettings,
+    functions: moka::sync::Cache<String, Arc<FunctionReady>>,
+    /// How instances were made.
+    pub stats: Arc<InstanceStats>,
+}
+
+impl ReadyInstances {
+    /// An empty set.
+    pub fn new(settings: ReadySettings) -> Self {
+        Self {
+            settings,
+            functions: moka::sync::Cache::builder()
+                .max_capacity(settings.functions)
+                .time_to_idle(IDLE)
+                .build(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Takes a ready instance of `function`, if one is there.
+    pub fn take(&self, function: &FunctionVersion) -> Option<ReadyInstance> {
+        if self.settings.per_function == 0 {
+            return None;
+        }
+        let taken = self.entry(function).instances.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let counter = if taken.is_some() { &self.stats.ready_hits } else { &self.stats.ready_misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        taken
+    }
+
+    /// Has `function`'s ready instances made up to [`ReadySettings::per_function`], in a task of
+    /// its own, unless that is under way. Call it when a call is done: a task spawned while the
+    /// call runs would run before the call's own next steps on a single-threaded worker.
+    pub fn replenish(&self, function: &Arc<FunctionVersion>, pre: &ProxyPre<HttpState>) {
+        if self.settings.per_function == 0 {
+            return;
+        }
+        let entry = self.entry(function);
+        if entry.failed.load(Ordering::Relaxed) || entry.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let per_function = self.settings.per_function;
+        let (stats, function, pre) = (self.stats.clone(), function.clone(), pre.clone());
+        tokio::spawn(async move {
+            while entry.instances.lock().unwrap_or_else(PoisonError::into_inner).len() < per_function {
+                let started = Instant::now();
+                let output = OutputTarget::pending();
+                let deadline = Instant::now() + function.config.timeout();
+                let mut store = crate::http::new_http_store(pre.engine(), &function, &output, deadline);
+                match pre.instantiate_async(&mut store).await {
+                    Ok(proxy) => {
+                        stats.made_since(started);
+                        let ready = ReadyInstance { store, proxy, output };
+                        entry.instances.lock().unwrap_or_else(PoisonError::into_inner).push(ready);
+                    }
+                    Err(error) => {
+                        tracing::debug!(function = %function.name, %error, "cannot make a ready instance");
+                        entry.failed.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            entry.refilling.store(false, Ordering::Release);
+        });
+    }
+
+    /// Throws away the ready instances of `name` (a new version, or deleted).
+    pub fn retire(&self, name: &str) {
+        self.functions.invalidate(name);
+    }
+
+    fn entry(&self, function: &FunctionVersion) -> Arc<FunctionReady> {
+        let fresh = || {
+            Arc::new(FunctionReady {
+                version: function.version,
+                instances: Mutex::default(),
+                refilling: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
+            })
+        };
+        let entry = self.functions.get_with_by_ref(function.name.as_str(), fresh);
+        if entry.version == function.version {
+            return entry;
+        }
+        let replacement = fresh();
+        if entry.version < function.version {
+            self.functions.insert(function.name.clone(), replacement.clone());
+        }
+        // Else a call still running an older version after a deploy: it gets an entry of its
+        // own that nobody keeps, and the current version keeps its instances.
+        replacement
+    }
+}
