@@ -26,6 +26,10 @@ use http_body_util::Full;
 
 use crate::report::{Chart, Report, Section};
 
+/// The allocator `amphi serve` uses, so the gateway child measures what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Amphi's benchmarks, each figure next to its anchor")]
 struct Cli {

@@ -166,6 +166,9 @@ pub async fn invoke(
             Ok(Err(trap)) => Some(classify_failure(&trap, &store.data().limits, &invocation)),
             Err(_elapsed) => Some(deadline_exceeded(&invocation)),
         };
+        // Let the caller's task send the response before the clean-up below: on a
+        // single-threaded worker it would otherwise wait for the store to be dropped.
+        tokio::task::yield_now().await;
         drop(store);
         instances.replenish(&function, &pre);
         let sent_status = status.load(Ordering::Relaxed);

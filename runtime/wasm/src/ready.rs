@@ -109,7 +109,9 @@ impl ReadyInstances {
         if self.settings.per_function == 0 {
             return None;
         }
-        let taken = self.entry(function).instances.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let taken = self
+            .entry(function)
+            .and_then(|entry| entry.instances.lock().unwrap_or_else(PoisonError::into_inner).pop());
         let counter = if taken.is_some() { &self.stats.ready_hits } else { &self.stats.ready_misses };
         counter.fetch_add(1, Ordering::Relaxed);
         taken
@@ -122,7 +124,7 @@ impl ReadyInstances {
         if self.settings.per_function == 0 {
             return;
         }
-        let entry = self.entry(function);
+        let Some(entry) = self.entry(function) else { return };
         if entry.failed.load(Ordering::Relaxed) || entry.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -156,7 +158,9 @@ impl ReadyInstances {
         self.functions.invalidate(name);
     }
 
-    fn entry(&self, function: &FunctionVersion) -> Arc<FunctionReady> {
+    /// The entry of `function`'s version; `None` for a version older than the one it holds
+    /// (a call still running the old version after a deploy gets nothing ready, and makes none).
+    fn entry(&self, function: &FunctionVersion) -> Option<Arc<FunctionReady>> {
         let fresh = || {
             Arc::new(FunctionReady {
                 version: function.version,
@@ -167,14 +171,12 @@ impl ReadyInstances {
         };
         let entry = self.functions.get_with_by_ref(function.name.as_str(), fresh);
         if entry.version == function.version {
-            return entry;
+            return Some(entry);
         }
-        let replacement = fresh();
-        if entry.version < function.version {
+        (entry.version < function.version).then(|| {
+            let replacement = fresh();
             self.functions.insert(function.name.clone(), replacement.clone());
-        }
-        // Else a call still running an older version after a deploy: it gets an entry of its
-        // own that nobody keeps, and the current version keeps its instances.
-        replacement
+            replacement
+        })
     }
 }

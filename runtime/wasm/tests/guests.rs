@@ -118,6 +118,36 @@ async fn component_says_hello_echoes_and_logs() {
 }
 
 #[tokio::test]
+async fn ready_instances_serve_one_call_each_and_follow_a_new_version() {
+    let harness = Harness::new();
+    let env = |tag: &str| FunctionConfig {
+        env: [("VERSION_TAG".to_string(), tag.to_string())].into(),
+        ..FunctionConfig::default()
+    };
+    let v1 = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, env("one"));
+    for _ in 0..20 {
+        let (status, _, body) = harness.call(&v1, "GET", "/state", b"").await.expect("call");
+        assert_eq!((status, &body[..]), (200, &b"1"[..]), "every call sees a fresh instance");
+        // The next instance is made after the call: give it the moment a client would take.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = harness.backend.stats();
+    assert!(stats.ready_hits >= 15, "most calls found a ready instance: {stats:?}");
+
+    // A new version (new env) is served by instances made for it, never by the old ones.
+    let v2 = Arc::new(FunctionVersion { version: 2, config: env("two"), ..(*v1).clone() });
+    harness.backend.retire("f");
+    for _ in 0..3 {
+        let (_, _, body) = harness.call(&v2, "GET", "/sleep?ms=1", b"").await.expect("call");
+        assert_eq!(&body[..], b"two");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A call still on the old version gets an instance of its own version.
+    let (_, _, body) = harness.call(&v1, "GET", "/sleep?ms=1", b"").await.expect("call");
+    assert_eq!(&body[..], b"one");
+}
+
+#[tokio::test]
 async fn component_failures_are_classified() {
     let harness = Harness::new();
     let config = FunctionConfig { timeout_ms: 300, memory_bytes: 16 << 20, ..Default::default() };
