@@ -70,9 +70,14 @@ pub async fn run(plan: &Plan) -> Result<Section> {
             run.rps * f64::from(LINES_PER_CALL + 1)
         ),
     ]);
+    // The load offers more lines than the store can take, so this is its ceiling while serving;
+    // the excess is dropped and counted by design (calls never wait for the disk).
     section.goals.push(Goal::new(
         "log store ingests ≥ 100,000 lines/s while serving",
-        format!("{ingest:.0} lines/s, {dropped} dropped"),
+        format!(
+            "{ingest:.0} lines/s committed with {:.0} lines/s offered (the rest, {dropped} items, dropped and counted)",
+            run.rps * f64::from(LINES_PER_CALL + 1)
+        ),
         ingest >= 100_000.0,
     ));
 

@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p amphi-bench -- all` runs every section and writes a report (markdown,
 //! JSON and an SVG chart); `--quick` is a smoke run of the same sections in under three minutes.
-//! Each section also runs alone (`wasm`, `startup`, `containers`, `mixed`, `density`, `logs`).
+//! Each section also runs alone (`wasm`, `choices`, `startup`, `containers`, `mixed`, `density`,
+//! `logs`).
 //! The servers measured run as child processes: the bare hyper floor (`floor`), the Amphi
 //! gateway (`gateway`, the code of `amphi serve`) and `wasmtime serve`. See `bench/README.md`.
 
@@ -43,6 +44,8 @@ enum Command {
     All(RunArgs),
     /// §1: wasm hello vs the bare hyper floor and `wasmtime serve`; the CGI binding.
     Wasm(RunArgs),
+    /// §1b: the gateway's serving choices (ready instances, workers), each turned off in turn.
+    Choices(RunArgs),
     /// §2: instantiation per request, deploy to first response, restart.
     Startup(RunArgs),
     /// §3: containers: cold start vs `docker run`, unpause, warm overhead.
@@ -133,6 +136,7 @@ fn main() -> Result<()> {
         }
         Command::All(args) => multi_thread()?.block_on(run(args, &SECTIONS, DEFAULT_EXAMPLE)),
         Command::Wasm(args) => multi_thread()?.block_on(run(args, &["wasm"], DEFAULT_EXAMPLE)),
+        Command::Choices(args) => multi_thread()?.block_on(run(args, &["choices"], DEFAULT_EXAMPLE)),
         Command::Startup(args) => multi_thread()?.block_on(run(args, &["startup"], DEFAULT_EXAMPLE)),
         Command::Containers { run: args, example } => {
             multi_thread()?.block_on(run(args, &["containers"], &example))
@@ -147,7 +151,7 @@ fn main() -> Result<()> {
 const DEFAULT_EXAMPLE: &str = "python-http";
 
 /// Every section, in the order `all` runs them.
-const SECTIONS: [&str; 6] = ["wasm", "startup", "containers", "mixed", "density", "logs"];
+const SECTIONS: [&str; 7] = ["wasm", "choices", "startup", "containers", "mixed", "density", "logs"];
 
 async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
     wasm::require_wrk()?;
@@ -160,6 +164,7 @@ async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
         eprintln!("==> {name} ({:.0} s so far)", began.elapsed().as_secs_f64());
         let section = match name {
             "wasm" => wasm::hello(&plan, &mut chart).await,
+            "choices" => wasm::choices(&plan).await,
             "startup" => wasm::startup(&plan).await,
             "containers" => containers::run(&plan, example).await,
             "mixed" => mixed::run(&plan).await,

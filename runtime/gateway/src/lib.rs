@@ -1,6 +1,7 @@
 //! Amphi's HTTP gateway: one front door for every function, whatever backend runs it.
 //!
-//! - [`server`]: listener, connections (HTTP/1.1 keep-alive, h2c), graceful shutdown;
+//! - [`server`]: a worker thread per CPU, each with its own listener; connections (HTTP/1.1
+//!   keep-alive, h2c); graceful shutdown;
 //! - [`trigger`]: `/fn/{name}[/{rest}]` → admission → backend, with the contract's headers;
 //! - [`admin`]: the `/v1` admin API (deploy, describe, delete, logs, invocations);
 //! - [`follow`]: live log streaming;

@@ -79,14 +79,17 @@ impl Harness {
         Ok((status, headers, body))
     }
 
-    fn last_record(&self) -> InvocationRecord {
+    /// The record of the call of `path`, once written (it is finished just after the response).
+    async fn record_of(&self, path: &str) -> InvocationRecord {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(record) = self.sink.records.lock().expect("lock").last().cloned() {
-                return record;
+            let records = self.sink.records.lock().expect("lock");
+            if let Some(record) = records.iter().find(|r| r.path == path) {
+                return record.clone();
             }
-            assert!(Instant::now() < deadline, "no record written");
-            std::thread::sleep(Duration::from_millis(5));
+            drop(records);
+            assert!(Instant::now() < deadline, "no record written for {path}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -107,9 +110,8 @@ async fn component_says_hello_echoes_and_logs() {
     assert_eq!(headers["x-echo-path-with-query"], "/echo?x=1");
     assert_eq!(body.as_ref(), b"\x00\xffbinary");
 
-    harness.sink.records.lock().expect("lock").clear();
     harness.call(&function, "GET", "/log?lines=2", b"").await.expect("log");
-    let record = harness.last_record();
+    let record = harness.record_of("/log?lines=2").await;
     assert_eq!((record.outcome, record.status, record.log_lines), (Outcome::Success, 200, 3));
     let lines = harness.sink.lines.lock().expect("lock");
     let of_call: Vec<_> = lines.iter().filter(|l| l.invocation_id == record.id).collect();
