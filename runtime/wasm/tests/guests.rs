@@ -83,11 +83,10 @@ impl Harness {
     async fn record_of(&self, path: &str) -> InvocationRecord {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let records = self.sink.records.lock().expect("lock");
-            if let Some(record) = records.iter().find(|r| r.path == path) {
-                return record.clone();
+            let found = self.sink.records.lock().expect("lock").iter().find(|r| r.path == path).cloned();
+            if let Some(record) = found {
+                return record;
             }
-            drop(records);
             assert!(Instant::now() < deadline, "no record written for {path}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
