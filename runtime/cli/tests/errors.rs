@@ -183,3 +183,36 @@ async fn over_capacity_gets_429() {
     let after = server.http.get(server.fn_url("one", "/")).send().await.expect("call");
     assert_eq!(after.status(), 200, "the slot is free again");
 }
+
+#[tokio::test]
+async fn a_port_in_use_is_refused_even_by_a_second_amphi() {
+    let first_data = tempfile::tempdir().expect("tempdir");
+    let first = TestServer::start_with(first_data.path(), &["--workers", "2"]);
+    let addr = first.url.trim_start_matches("http://").to_string();
+    let second_data = tempfile::tempdir().expect("tempdir");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_amphi"))
+        .args(["serve", "--workers", "2", "--listen", &addr, "--data"])
+        .arg(second_data.path())
+        .env("AMPHI_TOKEN", "t")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("amphi serve runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server started on {addr}, sharing the port");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr).expect("read");
+    assert!(stderr.contains(&addr) && stderr.contains("in use"), "readable reason: {stderr}");
+    let still = first.http.get(format!("{}/healthz", first.url)).send().await.expect("first answers");
+    assert_eq!(still.status(), 200);
+}

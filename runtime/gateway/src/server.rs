@@ -10,6 +10,8 @@
 //! share one [`Platform`]: one route table, one registry, one log store. Work a call starts that
 //! outlives it (a container instance's event stream, say) stays on that call's worker, which
 //! keeps running until the backends have shut down.
+//!
+//! A port already in use fails to bind as usual; only the workers' own listeners share it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -76,14 +78,14 @@ impl Server {
         let local = listeners[0]
             .local_addr()
             .map_err(|source| GatewayError::Bind { addr: platform.config.listen, source })?;
+        let runtimes = (0..listeners.len())
+            .map(|_| tokio::runtime::Builder::new_current_thread().enable_all().build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| GatewayError::Startup(format!("cannot start the workers: {e}")))?;
         let (stop, stopped) = watch::channel(false);
         let (finish, finished) = watch::channel(false);
         let mut workers = Vec::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| GatewayError::Startup(format!("cannot start worker {index}: {e}")))?;
+        for (index, (listener, runtime)) in listeners.into_iter().zip(runtimes).enumerate() {
             let (drained_tx, drained) = oneshot::channel();
             let worker = Worker { platform: platform.clone(), local, stop: stopped.clone() };
             let mut finished = finished.clone();
@@ -96,7 +98,10 @@ impl Server {
                         let _ = finished.wait_for(|finish| *finish).await;
                     });
                 })
-                .map_err(|e| GatewayError::Startup(format!("cannot start worker {index}: {e}")))?;
+                .map_err(|e| {
+                    // The workers already running stop with the sender's drop; nothing was served.
+                    GatewayError::Startup(format!("cannot start worker {index}: {e}"))
+                })?;
             workers.push((thread, drained));
         }
 
@@ -121,9 +126,14 @@ impl Server {
     }
 }
 
-/// Binds `count` listeners to `addr`; with port 0, all to the port the first one got.
+/// Binds `count` listeners to `addr`; with port 0, all to the same free port.
 fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut addr = addr;
+    // A plain bind first, so that a port held by another program, another Amphi included,
+    // fails as usual: with `SO_REUSEPORT` alone, a second server of the same user would
+    // silently share the port.
+    let probe = std::net::TcpListener::bind(addr)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
         let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -133,9 +143,7 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::ne
         }
         socket.set_nodelay(true)?;
         socket.bind(addr)?;
-        let listener = socket.listen(BACKLOG)?.into_std()?;
-        addr = listener.local_addr()?;
-        listeners.push(listener);
+        listeners.push(socket.listen(BACKLOG)?.into_std()?);
     }
     Ok(listeners)
 }
