@@ -56,6 +56,14 @@ impl WrkRun {
     }
 }
 
+/// Fails unless `wrk` is installed.
+pub fn require_wrk() -> Result<()> {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk is not installed: apt-get install -y wrk");
+    }
+    Ok(())
+}
+
 /// `wrk -t1 -cN -dS --latency URL`. Fails if any response was not 2xx or a socket failed.
 pub fn wrk(url: &str, connections: u32, seconds: u32) -> Result<WrkRun> {
     let output = Command::new("wrk")

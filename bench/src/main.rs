@@ -154,7 +154,7 @@ const DEFAULT_EXAMPLE: &str = "python-http";
 const SECTIONS: [&str; 7] = ["wasm", "choices", "startup", "containers", "mixed", "density", "logs"];
 
 async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
-    wasm::require_wrk()?;
+    load::require_wrk()?;
     let plan = Plan::new(args.quick);
     let began = Instant::now();
     let mut chart =

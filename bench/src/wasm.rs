@@ -3,10 +3,9 @@
 //! measured inside the server, and deploy-to-first-response, new and after a restart (§2).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::json;
 
 use crate::load::{Percentiles, WrkRun, call_ok, wrk};
@@ -286,14 +285,6 @@ fn leb128(out: &mut Vec<u8>, mut value: u64) {
         }
         out.push(byte | 0x80);
     }
-}
-
-/// Fails unless `wrk` is installed.
-pub fn require_wrk() -> Result<()> {
-    if Command::new("wrk").arg("--version").output().is_err() {
-        bail!("wrk is not installed: apt-get install -y wrk");
-    }
-    Ok(())
 }
 
 /// The gateway's serving choices, each turned off in turn: what each is worth here.

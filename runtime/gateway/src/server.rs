@@ -74,10 +74,8 @@ impl Server {
 
     /// Serves until `shutdown` completes, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+        let local = self.local_addr()?;
         let Self { platform, listeners, .. } = self;
-        let local = listeners[0]
-            .local_addr()
-            .map_err(|source| GatewayError::Bind { addr: platform.config.listen, source })?;
         let runtimes = (0..listeners.len())
             .map(|_| tokio::runtime::Builder::new_current_thread().enable_all().build())
             .collect::<Result<Vec<_>, _>>()
@@ -141,7 +139,6 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::ne
         if count > 1 {
             socket.set_reuseport(true)?;
         }
-        socket.set_nodelay(true)?;
         socket.bind(addr)?;
         listeners.push(socket.listen(BACKLOG)?.into_std()?);
     }
