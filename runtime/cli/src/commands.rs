@@ -116,6 +116,10 @@ pub struct ContainerArgs {
     /// The port the function's server listens on (container; default 8080).
     #[arg(long)]
     port: Option<u16>,
+    /// The user the function runs as, `uid[:gid]` or a name (container; default the image's
+    /// USER, or 65534:65534 where the image would run as root).
+    #[arg(long)]
+    user: Option<String>,
 }
 
 impl ContainerArgs {
@@ -162,6 +166,9 @@ impl ContainerArgs {
         }
         if let Some(port) = self.port {
             set("port", json!(port));
+        }
+        if let Some(user) = &self.user {
+            set("user", json!(user));
         }
         Ok(config)
     }

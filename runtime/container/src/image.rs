@@ -24,6 +24,8 @@ pub struct ImageInfo {
     pub command: Vec<String>,
     /// Its labels.
     pub labels: HashMap<String, String>,
+    /// Its `USER`, empty when it sets none (root).
+    pub user: String,
 }
 
 /// Something the build printed.
@@ -80,6 +82,7 @@ pub async fn inspect(engine: &Engine, reference: &str) -> Result<ImageInfo, Engi
         size: image.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
         command,
         labels: config.labels.unwrap_or_default(),
+        user: config.user.unwrap_or_default(),
     })
 }
 

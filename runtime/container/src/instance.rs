@@ -3,7 +3,8 @@
 //!
 //! The container runs `amphi-shim` (bind-mounted read-only at `/amphi/shim`) in front of the
 //! image's command, with the instance's run directory bind-mounted at `/amphi/run`. The gateway
-//! reaches it only through `/amphi/run/shim.sock`, so the container needs no network.
+//! reaches it only through `/amphi/run/shim.sock`, so the container needs no network; that socket
+//! is opened as [`crate::socket`] says, never by following what the container put there.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -24,10 +25,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 
 use crate::engine::{Engine, EngineError};
+use crate::socket::{ShimSocket, SocketError};
 
 /// Label on everything Amphi creates.
 pub const LABEL_MANAGED: &str = "amphi.managed";
@@ -68,6 +69,8 @@ pub struct Launch {
     pub command: Vec<String>,
     /// How the command speaks the contract.
     pub protocol: ContainerProtocol,
+    /// The user (`uid[:gid]` or a name in the image) the command runs as.
+    pub user: String,
 }
 
 /// How an instance ended.
@@ -120,7 +123,7 @@ pub struct Instance {
     /// The container's id.
     pub container: String,
     function: String,
-    socket: PathBuf,
+    socket: ShimSocket,
     run_dir: PathBuf,
     calls: Mutex<HashMap<String, CallLog>>,
     tail: Mutex<VecDeque<String>>,
@@ -157,15 +160,13 @@ impl Instance {
     ) -> Result<Arc<Self>, StartError> {
         let id = hex::encode(rand::random::<[u8; 6]>());
         let run_dir = shared.run_root.join(&id);
-        std::fs::create_dir_all(&run_dir)
-            .and_then(|()| {
-                use std::os::unix::fs::PermissionsExt as _;
-                // The function's image may run as any user; it must be able to make the socket.
-                std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o777))
-            })
-            .map_err(|e| {
-                StartError::Failed(format!("cannot make the run directory {}: {e}", run_dir.display()))
-            })?;
+        let socket = {
+            let run_dir = run_dir.clone();
+            tokio::task::spawn_blocking(move || make_run_dir(&run_dir))
+                .await
+                .map_err(|e| StartError::Failed(e.to_string()))
+                .and_then(|made| made.map_err(StartError::Failed))?
+        };
         let body = container_spec(shared, function, launch, &run_dir);
         let name = format!("amphi-{}-{id}", function.name);
         let created = shared
@@ -182,7 +183,7 @@ impl Instance {
         let container = match created {
             Ok(created) => created.id,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&run_dir);
+                remove_run_dir(run_dir).await;
                 return Err(e.into());
             }
         };
@@ -190,7 +191,7 @@ impl Instance {
             id,
             container,
             function: function.name.clone(),
-            socket: run_dir.join(SOCKET_NAME),
+            socket,
             run_dir,
             calls: Mutex::default(),
             tail: Mutex::default(),
@@ -213,6 +214,16 @@ impl Instance {
     async fn boot(self: Arc<Self>, shared: &Arc<Shared>) -> Result<(), StartError> {
         let container = self.container.clone();
         shared.engine.run(|docker| async move { docker.start_container(&container, None).await }).await?;
+        // Only processes in the container's PID namespace may answer on its socket.
+        let container = self.container.clone();
+        let inspected = shared
+            .engine
+            .run(|docker| async move { docker.inspect_container(&container, None).await })
+            .await?;
+        match inspected.state.and_then(|s| s.pid).filter(|&pid| pid > 0) {
+            Some(pid) => self.socket.pin_namespace(pid).map_err(|e| StartError::Failed(e.to_string()))?,
+            None => return Err(StartError::Failed(self.describe_exit(shared, "as it started").await)),
+        }
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(self.clone().follow_events(shared.sink.clone(), ready_tx));
         let container = self.container.clone();
@@ -227,7 +238,8 @@ impl Instance {
         };
         tokio::select! {
             ready = ready_rx => match ready {
-                Ok(()) => Ok(()),
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(refused)) => Err(StartError::Failed(refused)),
                 Err(_) => Err(StartError::Failed(self.describe_exit(shared, "before it was ready").await)),
             },
             Some(_) = exited => Err(StartError::Failed(self.describe_exit(shared, "before it was ready").await)),
@@ -238,10 +250,20 @@ impl Instance {
     }
 
     /// Reads the shim's events until the instance is gone.
-    async fn follow_events(self: Arc<Self>, sink: Arc<dyn TelemetrySink>, ready: oneshot::Sender<()>) {
+    async fn follow_events(
+        self: Arc<Self>,
+        sink: Arc<dyn TelemetrySink>,
+        ready: oneshot::Sender<Result<(), String>>,
+    ) {
         let mut ready = Some(ready);
-        if let Ok(body) = self.open_events().await {
-            let mut body = body;
+        let opened = self.open_events().await;
+        if let Err(why) = &opened {
+            tracing::warn!(instance = %self.id, function = %self.function, error = %why, "instance refused");
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(Err(why.clone()));
+            }
+        }
+        if let Ok(mut body) = opened {
             let mut buffer = BytesMut::new();
             while let Some(Ok(frame)) = body.frame().await {
                 let Ok(data) = frame.into_data() else { continue };
@@ -251,7 +273,7 @@ impl Instance {
                     match serde_json::from_slice::<Event>(&line[..end]) {
                         Ok(Event::Ready {}) => {
                             if let Some(ready) = ready.take() {
-                                let _ = ready.send(());
+                                let _ = ready.send(Ok(()));
                             }
                         }
                         Ok(event) => self.handle_event(event, &sink),
@@ -280,9 +302,12 @@ impl Instance {
     async fn open_events(&self) -> Result<Incoming, String> {
         let started = Instant::now();
         let stream = loop {
-            match UnixStream::connect(&self.socket).await {
+            match self.socket.connect().await {
                 Ok(stream) => break stream,
-                Err(_) if started.elapsed() < START_TIMEOUT && self.exit.borrow().is_none() => {
+                // Not bound yet, or bound but not listening yet.
+                Err(SocketError::Missing | SocketError::Unreachable(_))
+                    if started.elapsed() < START_TIMEOUT && self.exit.borrow().is_none() =>
+                {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err(e) => return Err(e.to_string()),
@@ -397,9 +422,7 @@ impl Instance {
                 None => break,
             }
         }
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| format!("cannot reach the instance's shim: {e}"))?;
+        let stream = self.socket.connect().await.map_err(|e| e.to_string())?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("cannot talk to the instance's shim: {e}"))?;
@@ -472,8 +495,23 @@ impl Instance {
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::warn!(container = %self.container, error = %e, "cannot remove a container"),
         }
-        let _ = std::fs::remove_dir_all(&self.run_dir);
+        remove_run_dir(self.run_dir.clone()).await;
     }
+}
+
+/// Makes an instance's run directory and opens it for [`ShimSocket`]. Blocking.
+fn make_run_dir(run_dir: &std::path::Path) -> Result<ShimSocket, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let failed = |e: std::io::Error| format!("cannot make the run directory {}: {e}", run_dir.display());
+    std::fs::create_dir(run_dir).map_err(failed)?;
+    // The function's image may run as any user; it must be able to make the socket.
+    std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o777)).map_err(failed)?;
+    ShimSocket::open(run_dir, SOCKET_NAME).map_err(failed)
+}
+
+/// Removes an instance's run directory, off the async threads.
+async fn remove_run_dir(run_dir: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
 }
 
 /// The container's configuration: the shim in front of `command`, the function's limits, and the
@@ -502,6 +540,7 @@ fn container_spec(
         image: Some(function.digest.clone()),
         entrypoint: Some(vec![SHIM_IN_CONTAINER.to_string()]),
         cmd: Some(launch.command.clone()),
+        user: Some(launch.user.clone()),
         env: Some(env),
         labels: Some(labels),
         host_config: Some(HostConfig {

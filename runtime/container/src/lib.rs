@@ -20,6 +20,7 @@ pub mod engine;
 pub mod image;
 pub mod instance;
 pub mod pool;
+pub mod socket;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

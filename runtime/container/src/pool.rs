@@ -325,7 +325,11 @@ impl Pool {
                     })?,
                     (None, None) => ContainerProtocol::Http,
                 };
-                Ok(Launch { command, protocol })
+                let user = match &config.user {
+                    Some(user) => user.clone(),
+                    None => default_user(&image.user),
+                };
+                Ok(Launch { command, protocol, user })
             })
             .await
     }
@@ -487,5 +491,30 @@ fn unavailable_or_failed(why: &str, unavailable: bool) -> BackendError {
         BackendError::new(ProblemKind::BackendUnavailable, why)
     } else {
         BackendError::new(ProblemKind::FunctionFailed, why)
+    }
+}
+
+/// The user an instance runs as when the function does not name one: the image's own, unless
+/// that is root (named or by default), which becomes nobody. A process that escaped the shim's
+/// supervision as root would own whatever the image left writable.
+fn default_user(image_user: &str) -> String {
+    let name = image_user.split(':').next().unwrap_or("");
+    if name.is_empty() || name == "root" || name == "0" { NOBODY.to_string() } else { image_user.to_string() }
+}
+
+/// The unprivileged user (and group) of most distributions.
+const NOBODY: &str = "65534:65534";
+
+#[cfg(test)]
+mod user_tests {
+    use super::default_user;
+
+    #[test]
+    fn root_images_run_as_nobody_others_as_themselves() {
+        for root in ["", "root", "0", "0:0", "root:root"] {
+            assert_eq!(default_user(root), "65534:65534", "{root}");
+        }
+        assert_eq!(default_user("app"), "app");
+        assert_eq!(default_user("1000:1000"), "1000:1000");
     }
 }

@@ -95,6 +95,10 @@ pub struct ContainerConfig {
     pub port: u16,
     /// The command to run instead of the image's entrypoint and command.
     pub command: Option<Vec<String>>,
+    /// The user the command runs as (`uid[:gid]`, or a name the image knows). Unset, the image's
+    /// `USER` if it names one; an image that would run as root runs as `65534:65534` (nobody)
+    /// instead. `"root"` or `"0"` must be asked for by name.
+    pub user: Option<String>,
 }
 
 impl Default for ContainerConfig {
@@ -113,6 +117,7 @@ impl Default for ContainerConfig {
             protocol: None,
             port: 8080,
             command: None,
+            user: None,
         }
     }
 }
@@ -158,6 +163,11 @@ impl ContainerConfig {
         }
         if self.idle_timeout_ms < self.pause_after_ms {
             return Err("container.idle_timeout_ms must not be less than container.pause_after_ms".into());
+        }
+        if self.user.as_ref().is_some_and(|u| {
+            u.is_empty() || u.len() > 64 || u.chars().any(|c| c.is_control() || c.is_whitespace())
+        }) {
+            return Err("container.user must be a user name or uid[:gid] of at most 64 characters".into());
         }
         if self.command.as_ref().is_some_and(|c| c.is_empty() || c.iter().any(|a| a.contains('\0'))) {
             return Err("container.command must be a non-empty list of arguments without NUL bytes".into());
