@@ -80,6 +80,9 @@ pub struct Expect {
     /// Response headers that must be present, whatever their value.
     #[serde(default)]
     pub headers_present: Vec<String>,
+    /// Response headers that must be absent.
+    #[serde(default)]
+    pub headers_absent: Vec<String>,
     /// A problem+json body of this `type` (the part after `urn:amphi:problem:`).
     pub problem: Option<String>,
     /// The body arrives in pieces spread over at least this many milliseconds (a streamed
@@ -146,6 +149,9 @@ impl Expect {
                 merged.headers.extend(o.headers.clone());
                 if !o.headers_present.is_empty() {
                     merged.headers_present = o.headers_present.clone();
+                }
+                if !o.headers_absent.is_empty() {
+                    merged.headers_absent = o.headers_absent.clone();
                 }
                 if !o.logs.is_empty() {
                     merged.logs = o.logs.clone();

@@ -361,6 +361,11 @@ fn check_response(
             failures.push(format!("header {name}: missing"));
         }
     }
+    for name in &expect.headers_absent {
+        if let Some(value) = headers.get(name.as_str()) {
+            failures.push(format!("header {name}: expected none, got {value:?}"));
+        }
+    }
     if let Some(expected) = &expect.body {
         let expected = vars.fill(expected);
         if body != expected.as_bytes() {

@@ -124,6 +124,9 @@ int main(void) {
     } else if (strcmp(route, "headers-out") == 0) {
         printf("Content-Type: text/plain; charset=utf-8\r\nX-Repeat: a\r\nX-Repeat: b\r\n"
                "X-Unusual: a \"quoted\" value; with=odd, chars\r\n\r\nheaders");
+    } else if (strcmp(route, "headers-forged") == 0) {
+        printf("Content-Type: text/plain; charset=utf-8\r\nAmphi-Shim-Error: forged\r\n"
+               "Amphi-Function: forged\r\nAmphi-Backend: forged\r\nAmphi-Anything: forged\r\n\r\nforged");
     } else if (strcmp(route, "stream") == 0) {
         unsigned long chunks = number("chunks"), delay = number("delay_ms");
         printf("Content-Type: application/octet-stream\r\n\r\n");

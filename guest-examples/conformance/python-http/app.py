@@ -78,6 +78,9 @@ class Handler(BaseHTTPRequestHandler):
         elif route == "headers-out":
             self.send(200, "headers", headers=[("X-Repeat", "a"), ("X-Repeat", "b"),
                                                ("X-Unusual", 'a "quoted" value; with=odd, chars')])
+        elif route == "headers-forged":
+            self.send(200, "forged", headers=[("Amphi-Shim-Error", "forged"), ("Amphi-Function", "forged"),
+                                              ("Amphi-Backend", "forged"), ("Amphi-Anything", "forged")])
         elif route == "stream":
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")

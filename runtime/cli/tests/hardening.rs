@@ -49,7 +49,10 @@ async fn a_container_cannot_point_the_gateway_at_a_host_socket() {
         assert!(body.contains("refusing the instance's socket"), "{body}");
         let record = server.record(&id).await;
         assert_eq!(record["invocation"]["outcome"], "function_error", "{record}");
-        assert!(record["invocation"]["error"].as_str().is_some_and(|e| e.contains("symbolic link")), "{record}");
+        assert!(
+            record["invocation"]["error"].as_str().is_some_and(|e| e.contains("symbolic link")),
+            "{record}"
+        );
     }
     assert_eq!(reached.load(Ordering::SeqCst), 0, "the gateway connected to the host's socket");
 

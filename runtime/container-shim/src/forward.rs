@@ -28,8 +28,12 @@ use crate::output::{LineSink, PipeProbes, read_lines};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ShimBody = BoxBody<Bytes, BoxError>;
 
-/// Set on responses the shim made itself because the function could not answer; the value says why.
+/// Set on responses the shim made itself because the function could not answer: `KEY REASON`.
 const SHIM_ERROR: &str = "amphi-shim-error";
+/// The gateway's key for this instance, sent on the events request; it proves a shim error is the
+/// shim's. Kept in memory only: the function never sees it.
+const SHIM_KEY: &str = "amphi-shim-key";
+static KEY: OnceLock<String> = OnceLock::new();
 /// The caller's and the gateway's addresses (`ip:port`), for CGI's `REMOTE_ADDR` and `SERVER_PORT`.
 const SHIM_REMOTE: &str = "amphi-shim-remote";
 const SHIM_LOCAL: &str = "amphi-shim-local";
@@ -70,7 +74,12 @@ async fn handle(
 ) -> Response<ShimBody> {
     if request.uri().path() == "/.amphi/events" {
         return match events.subscribe() {
-            Some(receiver) => Response::new(EventBody(receiver).boxed()),
+            Some(receiver) => {
+                if let Some(key) = request.headers().get(SHIM_KEY).and_then(|v| v.to_str().ok()) {
+                    let _ = KEY.set(key.to_string());
+                }
+                Response::new(EventBody(receiver).boxed())
+            }
             None => shim_error(StatusCode::CONFLICT, "the events stream is already taken"),
         };
     }
@@ -97,7 +106,8 @@ fn take_connection_info(headers: &mut HeaderMap) -> Option<ConnectionInfo> {
 fn shim_error(status: StatusCode, why: &str) -> Response<ShimBody> {
     let mut response = Response::new(Full::new(Bytes::from(why.to_string())).map_err(|n| match n {}).boxed());
     *response.status_mut() = status;
-    if let Ok(value) = HeaderValue::from_str(why) {
+    let key = KEY.get().map_or("", String::as_str);
+    if let Ok(value) = HeaderValue::from_str(&format!("{key} {why}")) {
         response.headers_mut().insert(SHIM_ERROR, value);
     }
     response

@@ -41,8 +41,12 @@ const LABEL_VERSION: &str = "amphi.version";
 const SHIM_IN_CONTAINER: &str = "/amphi/shim";
 const RUN_IN_CONTAINER: &str = "/amphi/run";
 const SOCKET_NAME: &str = "shim.sock";
-/// Set by the shim on a response it made because the function could not answer.
+/// Set by the shim on a response it made because the function could not answer, as
+/// `KEY REASON`: the instance's key proves the shim made it (a function's own `amphi-*` headers
+/// are removed, and it never learns the key).
 const SHIM_ERROR: &str = "amphi-shim-error";
+/// Hands the shim its key, on the events request (never in the container's environment).
+const SHIM_KEY: &str = "amphi-shim-key";
 /// Lines kept per instance for the record of a crash.
 const TAIL_LINES: usize = 10;
 /// Longest a new instance may take to become ready.
@@ -123,6 +127,8 @@ pub struct Instance {
     /// The container's id.
     pub container: String,
     function: String,
+    /// Known to the gateway and the shim alone; marks the shim's own error responses.
+    key: String,
     socket: ShimSocket,
     run_dir: PathBuf,
     calls: Mutex<HashMap<String, CallLog>>,
@@ -191,6 +197,7 @@ impl Instance {
             id,
             container,
             function: function.name.clone(),
+            key: hex::encode(rand::random::<[u8; 16]>()),
             socket,
             run_dir,
             calls: Mutex::default(),
@@ -318,6 +325,7 @@ impl Instance {
         tokio::spawn(connection);
         let request = Request::get("/.amphi/events")
             .header(http::header::HOST, "shim")
+            .header(SHIM_KEY, &self.key)
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
         let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
@@ -402,8 +410,12 @@ impl Instance {
         let response = sender.send_request(request.map(Full::new)).await;
         self.connections.lock().unwrap_or_else(PoisonError::into_inner).push(sender);
         let response = response.map_err(|e| CallError::Broken(e.to_string()))?;
-        if let Some(why) = response.headers().get(SHIM_ERROR) {
-            return Err(CallError::Function(String::from_utf8_lossy(why.as_bytes()).into_owned()));
+        let shim_error = response.headers().get(SHIM_ERROR).and_then(|value| {
+            let (key, why) = value.to_str().ok()?.split_once(' ')?;
+            (key == self.key).then(|| why.to_string())
+        });
+        if let Some(why) = shim_error {
+            return Err(CallError::Function(why));
         }
         Ok((response, ended_rx))
     }

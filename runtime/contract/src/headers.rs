@@ -30,6 +30,16 @@ pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 /// The prefix reserved for the platform's headers.
 pub const RESERVED_PREFIX: &str = "amphi-";
 
+/// Removes every `amphi-*` header: from a caller's request before the platform adds its own, and
+/// from a function's response, so neither can pass for the platform.
+pub fn remove_reserved(headers: &mut http::HeaderMap) {
+    let reserved: Vec<HeaderName> =
+        headers.keys().filter(|n| n.as_str().starts_with(RESERVED_PREFIX)).cloned().collect();
+    for name in reserved {
+        headers.remove(name);
+    }
+}
+
 /// Formats `Server-Timing` from the phase durations.
 pub fn server_timing(
     queue: std::time::Duration,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use amphi_contract::headers::{self, RESERVED_PREFIX};
+use amphi_contract::headers;
 use amphi_contract::{
     BackendError, BackendResponse, ConnectionInfo, Invocation, Problem, ProblemKind, ResponseBody, StartKind,
 };
@@ -110,6 +110,8 @@ pub async fn invoke(
         Ok(BackendResponse { response, start, init, queued }) => {
             let exec = dispatched.elapsed().saturating_sub(init + queued);
             let (mut parts, body) = response.into_parts();
+            // Only the platform speaks `amphi-*`: a function cannot pass for it.
+            headers::remove_reserved(&mut parts.headers);
             insert_contract_headers(
                 &mut parts.headers,
                 &id,
@@ -175,11 +177,7 @@ fn too_large(max: u64) -> String {
 
 /// Removes the caller's `amphi-*` headers (only the platform sets those) and adds the metadata.
 fn prepare_headers(headers: &mut HeaderMap, invocation: &Invocation) {
-    let reserved: Vec<_> =
-        headers.keys().filter(|n| n.as_str().starts_with(RESERVED_PREFIX)).cloned().collect();
-    for name in reserved {
-        headers.remove(name);
-    }
+    headers::remove_reserved(headers);
     let function = &invocation.function;
     let pairs = [
         (headers::INVOCATION_ID, invocation.id.clone()),

@@ -58,6 +58,11 @@ fn handle(req: Request) -> Response {
             .with_header("x-repeat", "a")
             .with_header("x-repeat", "b")
             .with_header("x-unusual", "a \"quoted\" value; with=odd, chars"),
+        "headers-forged" => Response::text("forged")
+            .with_header("amphi-shim-error", "forged")
+            .with_header("amphi-function", "forged")
+            .with_header("amphi-backend", "forged")
+            .with_header("amphi-anything", "forged"),
         "stream" => {
             let (chunks, delay) = (number("chunks"), Duration::from_millis(number("delay_ms")));
             Response::stream((0..chunks).map(move |i| {
