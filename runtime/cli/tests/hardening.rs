@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use reqwest::Method;
+use serde_json::{Value, json};
 use support::docker::{containers_of, deploy, start, stop_and_check_clean, wait_instances};
-use support::header;
+use support::{TestServer, header};
 use tokio::io::AsyncWriteExt as _;
 
 fn fixture(name: &str) -> PathBuf {
@@ -72,4 +74,79 @@ async fn a_container_cannot_point_the_gateway_at_a_host_socket() {
     let user = inspected.config.and_then(|c| c.user).unwrap_or_default();
     assert_eq!(user, "65534:65534");
     stop_and_check_clean(server, &docker).await;
+}
+
+/// Point 7: PATCH is a JSON merge patch (RFC 7396) applied under the deploy lock: what it does not
+/// name keeps its value, `null` removes, and concurrent PATCHes lose nothing.
+#[tokio::test]
+async fn patch_changes_only_what_it_names_and_concurrent_patches_lose_nothing() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    let config = json!({
+        "timeout_ms": 5000,
+        "concurrency": 7,
+        "env": { "A": "1", "B": "2" },
+        "container": { "pids_limit": 100, "cpu_millis": 500, "max_instances": 3 },
+    });
+    server.deploy("f", amphi_guest_artifacts::RUST_HTTP_COMPONENT, config).await;
+
+    let patched =
+        patch(&server, "f", json!({ "env": { "B": null, "C": "3" }, "container": { "port": 9090 } })).await;
+    let config = &patched["config"];
+    assert_eq!(config["env"], json!({ "A": "1", "C": "3" }), "{patched}");
+    assert_eq!(config["timeout_ms"], 5000);
+    assert_eq!(config["concurrency"], 7);
+    assert_eq!(config["container"]["pids_limit"], 100, "{patched}");
+    assert_eq!(config["container"]["cpu_millis"], 500);
+    assert_eq!(config["container"]["max_instances"], 3);
+    assert_eq!(config["container"]["port"], 9090);
+    let reset = patch(&server, "f", json!({ "timeout_ms": null })).await;
+    assert_eq!(reset["config"]["timeout_ms"], 30_000, "null resets to the default");
+
+    let patches = (0..10).map(|i| patch(&server, "f", json!({ "env": { format!("K{i}"): "x" } })));
+    futures::future::join_all(patches).await;
+    let described: Value =
+        server.admin(Method::GET, "/functions/f").send().await.expect("get").json().await.expect("json");
+    let env = described["function"]["config"]["env"].as_object().expect("env").clone();
+    for i in 0..10 {
+        assert!(env.contains_key(&format!("K{i}")), "K{i} was lost: {env:?}");
+    }
+
+    let refused =
+        server.admin(Method::PATCH, "/functions/f").json(&json!([1, 2])).send().await.expect("patch");
+    assert_eq!(refused.status(), 400);
+    let refused = server
+        .admin(Method::PATCH, "/functions/f")
+        .json(&json!({ "container": { "pids_limit": "many" } }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(refused.status(), 400);
+    assert_eq!(header(&refused, "content-type"), "application/problem+json");
+}
+
+async fn patch(server: &TestServer, name: &str, body: Value) -> Value {
+    let response =
+        server.admin(Method::PATCH, &format!("/functions/{name}")).json(&body).send().await.expect("patch");
+    assert_eq!(response.status(), 201, "PATCH {body}");
+    response.json().await.expect("json")
+}
+
+/// Point 13: a name deployed again after a delete goes on counting its versions, so the old
+/// function's records are never taken for the new one's.
+#[tokio::test]
+async fn versions_keep_counting_after_a_delete() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    let wasm = amphi_guest_artifacts::RUST_HTTP_COMPONENT;
+    assert_eq!(server.deploy("f", wasm, json!({})).await["version"], 1);
+    let old = server.get("f", "/").await;
+    let old_id = header(&old, "amphi-invocation-id").to_string();
+    let deleted = server.admin(Method::DELETE, "/functions/f").send().await.expect("delete");
+    assert!(deleted.status().is_success());
+    assert_eq!(server.deploy("f", wasm, json!({})).await["version"], 2);
+    let new = server.get("f", "/").await;
+    let new_id = header(&new, "amphi-invocation-id").to_string();
+    assert_eq!(server.record(&old_id).await["invocation"]["version"], 1);
+    assert_eq!(server.record(&new_id).await["invocation"]["version"], 2);
 }

@@ -189,15 +189,8 @@ async fn update(
     name: &str,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Problem> {
-    let changes: serde_json::Map<String, serde_json::Value> = read_json(request).await?;
-    let current = platform.route(name).ok_or_else(|| not_found(name))?.function;
-    let mut config = serde_json::to_value(&current.config).map_err(internal)?;
-    if let Some(fields) = config.as_object_mut() {
-        fields.extend(changes);
-    }
-    let config: FunctionConfig = serde_json::from_value(config)
-        .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid config: {e}")))?;
-    let deployed = platform.deploy(name.to_string(), current.digest.clone(), config).await?;
+    let patch: serde_json::Value = read_json(request).await?;
+    let deployed = platform.update(name.to_string(), patch).await?;
     Ok(deployed_response(deployed))
 }
 

@@ -193,8 +193,42 @@ impl Platform {
         config: FunctionConfig,
     ) -> Result<(FunctionVersion, Option<String>), Problem> {
         validate_name(&name).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
-        config.validate().map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
         let serialised = self.deploys.lock().await;
+        self.deploy_serialised(serialised, name, digest, config).await
+    }
+
+    /// Applies `patch` (a JSON merge patch, RFC 7396) to the current config of `name` and deploys
+    /// the result as a new version of the same artifact. Read, merge and write happen under the
+    /// deploy lock, so two PATCHes never lose each other's changes; fields the patch does not name
+    /// keep their current values, and `null` resets a field to its default.
+    pub async fn update(
+        self: &Arc<Self>,
+        name: String,
+        patch: serde_json::Value,
+    ) -> Result<(FunctionVersion, Option<String>), Problem> {
+        if !patch.is_object() {
+            return Err(Problem::new(ProblemKind::BadRequest, "a config patch must be a JSON object"));
+        }
+        let serialised = self.deploys.lock().await;
+        let current = self
+            .route(&name)
+            .ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("no function named `{name}`")))?
+            .function;
+        let mut config = serde_json::to_value(&current.config).map_err(internal)?;
+        json_patch::merge(&mut config, &patch);
+        let config: FunctionConfig = serde_json::from_value(config)
+            .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid config: {e}")))?;
+        self.deploy_serialised(serialised, name, current.digest.clone(), config).await
+    }
+
+    async fn deploy_serialised(
+        self: &Arc<Self>,
+        serialised: tokio::sync::MutexGuard<'_, ()>,
+        name: String,
+        digest: String,
+        config: FunctionConfig,
+    ) -> Result<(FunctionVersion, Option<String>), Problem> {
+        config.validate().map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
         let platform = self.clone();
         let function = blocking(move || {
             let unknown = |digest: &str| {
@@ -213,10 +247,7 @@ impl Platform {
             }
             .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
             platform.registry.deploy(&name, &digest, &config).map_err(|e| match e {
-                StoreError::UnknownArtifact(digest) => Problem::new(
-                    ProblemKind::UnprocessableEntity,
-                    format!("no artifact {digest} was uploaded (POST /v1/artifacts first)"),
-                ),
+                StoreError::UnknownArtifact(digest) => unknown(&digest),
                 other => internal(other),
             })
         })

@@ -34,6 +34,12 @@ CREATE TABLE IF NOT EXISTS functions (
     name TEXT PRIMARY KEY,
     current_version INTEGER NOT NULL
 );
+-- The highest version a name ever had: kept when the function is deleted, so a name deployed
+-- again goes on counting and its old records and logs are never taken for the new one's.
+CREATE TABLE IF NOT EXISTS version_marks (
+    name TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL
+);
 ";
 
 /// An uploaded artifact.
@@ -97,9 +103,15 @@ impl Registry {
             .optional()?
             .ok_or_else(|| StoreError::UnknownArtifact(digest.to_string()))?;
         let version: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?1",
+            "SELECT MAX(COALESCE((SELECT MAX(version) FROM versions WHERE name = ?1), 0),
+                        COALESCE((SELECT last_version FROM version_marks WHERE name = ?1), 0)) + 1",
             [name],
             |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO version_marks (name, last_version) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET last_version = excluded.last_version",
+            params![name, version],
         )?;
         let created_at_ms = now_ms();
         tx.execute(
@@ -218,5 +230,11 @@ mod tests {
         assert!(registry.delete("hello").expect("delete"));
         assert!(!registry.delete("hello").expect("again"));
         assert_eq!(registry.all_current().expect("all"), vec![]);
+
+        // A name deployed again after a delete goes on counting, across a restart too.
+        drop(registry);
+        let registry = Registry::open(&data).expect("reopen");
+        let again = registry.deploy("hello", &info.digest, &config).expect("v3");
+        assert_eq!(again.version, 3);
     }
 }
