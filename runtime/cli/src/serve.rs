@@ -39,6 +39,16 @@ pub struct ServeArgs {
     /// Time a client has to send a request's headers before the connection is closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
+    /// Time a client has to send a call's body (408 after it); the function's timeout starts
+    /// only once the body is in.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Longest request target (path and query), in bytes; longer ones get 414.
+    #[arg(long = "max-uri-length", default_value = "8KiB", value_parser = parse_bytes)]
+    max_uri: u64,
+    /// Most bytes of header fields a request may carry; more get 431.
+    #[arg(long = "max-header-size", default_value = "64KiB", value_parser = parse_bytes)]
+    max_header: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -77,6 +87,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.logs.max_lines = args.log_max_lines;
     config.drain_timeout = args.drain_timeout;
     config.header_read_timeout = args.header_read_timeout;
+    config.body_timeout = args.body_timeout;
+    config.max_uri_bytes = usize::try_from(args.max_uri).unwrap_or(usize::MAX);
+    config.max_header_bytes = usize::try_from(args.max_header).unwrap_or(usize::MAX);
     config.wasm.max_memory_bytes = args.wasm_max_memory;
     config.wasm.pool_instances = args.wasm_pool_instances;
     config.wasm.guard_pages = args.wasm_guard_pages;

@@ -51,6 +51,9 @@ async fn a_container_cannot_point_the_gateway_at_a_host_socket() {
         assert!(body.contains("refusing the instance's socket"), "{body}");
         let record = server.record(&id).await;
         assert_eq!(record["invocation"]["outcome"], "function_error", "{record}");
+        if record["invocation"]["error"].as_str().is_some_and(|e| e.contains("did not start")) {
+            assert_eq!(record["invocation"]["start"], "cold", "a failed start is a cold one: {record}");
+        }
         assert!(
             record["invocation"]["error"].as_str().is_some_and(|e| e.contains("symbolic link")),
             "{record}"
@@ -149,4 +152,176 @@ async fn versions_keep_counting_after_a_delete() {
     let new_id = header(&new, "amphi-invocation-id").to_string();
     assert_eq!(server.record(&old_id).await["invocation"]["version"], 1);
     assert_eq!(server.record(&new_id).await["invocation"]["version"], 2);
+}
+
+/// Sends `head` on a new connection and returns the stream, for clients a library would not be.
+async fn raw(server: &TestServer, head: &str) -> tokio::net::TcpStream {
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("send");
+    stream
+}
+
+/// Reads until the connection closes or `limit` passes.
+async fn read_all(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buffer[..n]);
+            if String::from_utf8_lossy(&seen).contains("\"status\":408") {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Point 3: a client trickling its body holds no concurrency slot and eats no part of the
+/// function's timeout; it gets 408 after the body timeout. Memory is not reserved on the word of
+/// a Content-Length.
+#[tokio::test]
+async fn a_slow_body_holds_no_slot_and_gets_408() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(temp.path(), &["--body-timeout", "1s"]);
+    let config = json!({ "concurrency": 1, "queue_timeout_ms": 0 });
+    server.deploy("f", amphi_guest_artifacts::RUST_HTTP_COMPONENT, config).await;
+
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        slow.push(
+            raw(&server, "POST /fn/f/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 16000000\r\n\r\nx").await,
+        );
+    }
+    // Meanwhile the function's one slot is free for a caller that sends its request whole.
+    for _ in 0..5 {
+        let response = server.get("f", "/").await;
+        assert_eq!(response.status(), 200, "a slow body held the slot");
+    }
+    for mut stream in slow {
+        let answer = read_all(&mut stream, std::time::Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+        assert!(answer.contains("--body-timeout"), "{answer}");
+    }
+    // Each is recorded, and the time spent waiting for the body is not the function's.
+    server
+        .wait_for("/invocations?function=f", |v| {
+            v.as_array().is_some_and(|r| r.iter().filter(|i| i["status"] == 408).count() == 3)
+        })
+        .await;
+}
+
+/// Point 2: a long request target is refused with 414 past 8 KiB, and what a record keeps of a
+/// path is cut at 2 KiB and marked; header fields past 64 KiB get 431. Both as problem+json.
+#[tokio::test]
+async fn long_targets_and_headers_are_refused_and_records_keep_a_bounded_path() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    server.deploy("f", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
+
+    let too_long = server.get("f", &format!("/{}", "a".repeat(9000))).await;
+    assert_eq!(too_long.status(), 414);
+    assert_eq!(header(&too_long, "content-type"), "application/problem+json");
+
+    let long = server.get("f", &format!("/{}", "b".repeat(7000))).await;
+    assert_eq!(long.status(), 404, "the guest has no such route, but it was called");
+    let id = header(&long, "amphi-invocation-id").to_string();
+    let record = server.record(&id).await;
+    let path = record["invocation"]["path"].as_str().expect("path");
+    assert!(path.len() < 2100, "the record kept {} bytes of the path", path.len());
+    assert!(path.ends_with("[cut: 7001 bytes in all]"), "{path}");
+
+    let mut request = server.http.get(server.fn_url("f", "/"));
+    for i in 0..7 {
+        request = request.header(format!("x-big-{i}"), "c".repeat(10_000));
+    }
+    let too_big = request.send().await.expect("send");
+    assert_eq!(too_big.status(), 431);
+    assert_eq!(header(&too_big, "content-type"), "application/problem+json");
+}
+
+/// Point 12: a burst beyond a function's concurrency waits for a slot (`queue_timeout_ms`, 1 s
+/// by default) instead of being refused; with no patience it is refused at once.
+#[tokio::test]
+async fn a_burst_beyond_concurrency_is_queued_and_served() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    server.deploy("f", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({ "concurrency": 2 })).await;
+    let calls = (0..64).map(|_| server.http.get(server.fn_url("f", "/sleep?ms=20")).send());
+    let statuses: Vec<u16> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("call").status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+
+    server
+        .deploy(
+            "g",
+            amphi_guest_artifacts::RUST_HTTP_COMPONENT,
+            json!({ "concurrency": 1, "queue_timeout_ms": 0 }),
+        )
+        .await;
+    let calls = (0..4).map(|_| server.http.get(server.fn_url("g", "/sleep?ms=300")).send());
+    let statuses: Vec<u16> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("call").status().as_u16())
+        .collect();
+    assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
+}
+
+/// Point 14: the small ones, each seen on the running server.
+#[tokio::test]
+async fn small_holes_are_closed() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    server.deploy("cgi", amphi_guest_artifacts::RUST_CGI_MODULE, json!({})).await;
+
+    // httpoxy: a `Proxy:` header never becomes HTTP_PROXY.
+    let inspected: Value = server
+        .http
+        .get(server.fn_url("cgi", "/inspect"))
+        .header("proxy", "http://evil.example:3128")
+        .send()
+        .await
+        .expect("call")
+        .json()
+        .await
+        .expect("json");
+    assert!(inspected["env"].get("HTTP_PROXY").is_none(), "{inspected}");
+
+    // A CR LF hidden in the path is refused before any function sees it.
+    let crlf = server.get("cgi", "/a%0d%0aSet-Cookie:%20x").await;
+    assert_eq!(crlf.status(), 400);
+    assert_eq!(header(&crlf, "content-type"), "application/problem+json");
+
+    // Every response carries an invocation id, the unknown function's 404 included.
+    let unknown = server.get("nope", "/").await;
+    assert_eq!(unknown.status(), 404);
+    assert!(!header(&unknown, "amphi-invocation-id").is_empty());
+
+    // The scheme of a credential is case-insensitive.
+    let lower = server
+        .http
+        .get(format!("{}/v1/functions", server.url))
+        .header("authorization", format!("bearer {}", support::TOKEN))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(lower.status(), 200);
+
+    // The data directory is private: the token, the registry (functions' env) and the logs.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(temp.path()), 0o700);
+    for file in ["registry.db", "logs.db"] {
+        assert_eq!(mode(&temp.path().join(file)), 0o600, "{file}");
+    }
 }

@@ -241,8 +241,9 @@ impl Pool {
             }
             Err(e) => {
                 let slot = state.slots.remove(at);
-                let error =
+                let mut error =
                     unavailable_or_failed(&e.to_string(), matches!(e, crate::EngineError::Unavailable(_)));
+                (error.start, error.init) = (StartKind::Unpause, Some(began.elapsed()));
                 let _ = waiter.send(Grant::Failed(error));
                 tokio::spawn(self.clone().discard(slot.instance));
             }
@@ -277,13 +278,15 @@ impl Pool {
                 Ok(())
             }
             Err(e) => {
-                let error = match e {
+                let mut error = match e {
                     StartError::Unavailable(why) => unavailable_or_failed(&why, true),
                     StartError::Failed(why) => unavailable_or_failed(
                         &format!("a new instance of `{}` did not start: {why}", self.function.name),
                         false,
                     ),
                 };
+                // The waiter that hears of it paid for the attempt: a cold start, failed.
+                (error.start, error.init) = (StartKind::Cold, Some(began.elapsed()));
                 // The oldest waiter hears why; the others keep waiting for another try.
                 state.waiters.retain(|w| !w.is_closed());
                 if let Some(waiter) = state.waiters.pop_front() {

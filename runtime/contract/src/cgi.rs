@@ -42,7 +42,9 @@ pub fn meta_variables(
         vars.push(("CONTENT_TYPE".into(), content_type.to_string()));
     }
     for name in parts.headers.keys() {
-        if name == http::header::CONTENT_TYPE || name == http::header::CONTENT_LENGTH {
+        // `Proxy:` would become HTTP_PROXY, which CGI programs' HTTP clients take as their proxy
+        // (httpoxy, CVE-2016-5385).
+        if name == http::header::CONTENT_TYPE || name == http::header::CONTENT_LENGTH || name == "proxy" {
             continue;
         }
         let values: Vec<_> =

@@ -45,8 +45,11 @@ pub struct FunctionConfig {
     pub memory_bytes: u64,
     /// Environment variables granted to the function (none by default).
     pub env: BTreeMap<String, String>,
-    /// Most calls of this function in flight at once; more get 429.
+    /// Most calls of this function in flight at once; more wait for a slot.
     pub concurrency: u32,
+    /// Longest a call waits for one of the `concurrency` slots before it gets 429 (0: refuse at
+    /// once). Container calls may then wait again for an instance (`container.queue_timeout_ms`).
+    pub queue_timeout_ms: u64,
     /// Hosts (`host` or `host:port`) the function may send HTTP requests to; none by default.
     /// Wasm only: a container function is granted the network as a whole with `container.network`.
     pub allowed_outbound_hosts: Vec<String>,
@@ -198,6 +201,7 @@ impl Default for FunctionConfig {
             memory_bytes: 128 << 20,
             env: BTreeMap::new(),
             concurrency: 100,
+            queue_timeout_ms: 1000,
             allowed_outbound_hosts: Vec::new(),
             container: ContainerConfig::default(),
         }
@@ -211,6 +215,11 @@ impl FunctionConfig {
     /// The timeout as a [`Duration`].
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// How long a call may wait for a concurrency slot.
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
     }
 
     /// Checks the config on its own; backends check what depends on them (such as memory ceilings).
@@ -227,6 +236,9 @@ impl FunctionConfig {
         }
         if self.concurrency == 0 {
             return Err("concurrency must be at least 1".into());
+        }
+        if self.queue_timeout() > Self::MAX_TIMEOUT {
+            return Err(format!("queue_timeout_ms must be at most {}s", Self::MAX_TIMEOUT.as_secs()));
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {

@@ -97,6 +97,14 @@ impl Invocation {
         }
     }
 
+    /// Starts the call's clock again now that it is admitted (its body read, a slot taken): the
+    /// timeout covers the function's work, not a slow client or the queue.
+    pub fn admit(&mut self) {
+        let timeout = self.function.config.timeout();
+        self.deadline = Instant::now() + timeout;
+        self.deadline_unix_ms = (now_unix_us() / 1000).saturating_add(timeout.as_millis() as u64);
+    }
+
     /// Writes the invocation record. Call once, when the function is done.
     pub fn finish(mut self, finish: Finish) {
         self.finished = true;
@@ -201,13 +209,13 @@ impl LogCapture {
                 Some(end) => {
                     partial.extend_from_slice(&rest[..end]);
                     rest = &rest[end + 1..];
-                    state.emit_partial(stream);
+                    state.emit_line(stream);
                 }
                 None => {
                     partial.extend_from_slice(rest);
                     rest = &[];
                     if state.partial(stream).len() >= MAX_LINE {
-                        state.emit_partial(stream);
+                        state.emit_line(stream);
                     }
                 }
             }
@@ -226,8 +234,12 @@ impl LogCapture {
     fn close(&self) -> (u64, bool) {
         let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.closed {
-            state.emit_partial(LogStream::Stdout);
-            state.emit_partial(LogStream::Stderr);
+            for stream in [LogStream::Stdout, LogStream::Stderr] {
+                // An unfinished last line counts; nothing after the last line break does not.
+                if !state.partial(stream).is_empty() {
+                    state.emit_line(stream);
+                }
+            }
             state.closed = true;
         }
         (state.lines, state.truncated)
@@ -242,9 +254,10 @@ impl CaptureState {
         }
     }
 
-    fn emit_partial(&mut self, stream: LogStream) {
+    /// Sends the line gathered for `stream` (an empty one too: a blank line is output).
+    fn emit_line(&mut self, stream: LogStream) {
         let bytes = std::mem::take(self.partial(stream));
-        if bytes.is_empty() || self.truncated {
+        if self.truncated {
             return;
         }
         let mut text = String::from_utf8_lossy(&bytes).into_owned();
@@ -359,5 +372,17 @@ mod tests {
         let records = sink.records.lock().expect("lock");
         assert!(records[0].log_truncated);
         assert_eq!(records[0].outcome, Outcome::PlatformError, "dropped unfinished");
+    }
+
+    #[test]
+    fn blank_lines_are_output_too() {
+        let sink = Arc::new(Collect::default());
+        let call = invocation(sink.clone(), 1024);
+        call.log.write(LogStream::Stdout, b"a\n\n\r\nb\n");
+        drop(call);
+        let lines = sink.lines.lock().expect("lock");
+        let texts: Vec<_> =
+            lines.iter().filter(|l| l.stream == LogStream::Stdout).map(|l| l.line.as_str()).collect();
+        assert_eq!(texts, ["a", "", "", "b"]);
     }
 }

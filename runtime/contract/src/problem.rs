@@ -16,8 +16,14 @@ pub enum ProblemKind {
     NotFound,
     /// The method is not allowed on that admin route.
     MethodNotAllowed,
+    /// The request body did not arrive within the body timeout.
+    RequestTimeout,
     /// The request body is larger than allowed.
     PayloadTooLarge,
+    /// The request target (path and query) is longer than allowed.
+    UriTooLong,
+    /// The request's header fields are larger than allowed.
+    HeadersTooLarge,
     /// An upload is not acceptable: invalid wasm, unsupported kind, bad config.
     UnprocessableEntity,
     /// The function is at its concurrency limit.
@@ -40,7 +46,10 @@ impl ProblemKind {
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
+            Self::UriTooLong => 414,
+            Self::HeadersTooLarge => 431,
             Self::UnprocessableEntity => 422,
             Self::OverCapacity => 429,
             Self::Internal => 500,
@@ -57,7 +66,10 @@ impl ProblemKind {
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::RequestTimeout => "request-timeout",
             Self::PayloadTooLarge => "payload-too-large",
+            Self::UriTooLong => "uri-too-long",
+            Self::HeadersTooLarge => "headers-too-large",
             Self::UnprocessableEntity => "unprocessable-entity",
             Self::OverCapacity => "over-capacity",
             Self::Internal => "internal",
@@ -74,7 +86,10 @@ impl ProblemKind {
             Self::Unauthorized => "Missing or wrong admin token",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
+            Self::RequestTimeout => "Request body too slow",
             Self::PayloadTooLarge => "Request body too large",
+            Self::UriTooLong => "Request target too long",
+            Self::HeadersTooLarge => "Request header fields too large",
             Self::UnprocessableEntity => "Upload or config not acceptable",
             Self::OverCapacity => "Function over capacity",
             Self::Internal => "Internal platform error",

@@ -22,6 +22,12 @@ pub struct ServeConfig {
     pub max_upload_bytes: u64,
     /// Time a client has to send a request's headers.
     pub header_read_timeout: Duration,
+    /// Time a client has to send a call's body (408 after it).
+    pub body_timeout: Duration,
+    /// Longest request target (path and query) accepted (414 beyond it).
+    pub max_uri_bytes: usize,
+    /// Most bytes of header fields (names and values) a request may carry (431 beyond them).
+    pub max_header_bytes: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
     /// Log bytes one invocation may write; more is dropped and the truncation recorded.
@@ -45,6 +51,9 @@ impl ServeConfig {
             max_body_bytes: 16 << 20,
             max_upload_bytes: 128 << 20,
             header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_uri_bytes: 8 << 10,
+            max_header_bytes: 64 << 10,
             drain_timeout: Duration::from_secs(30),
             log_bytes_per_invocation: 64 << 10,
             logs: LogStoreConfig::default(),

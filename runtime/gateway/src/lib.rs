@@ -2,13 +2,15 @@
 //!
 //! - [`server`]: a worker thread per CPU, each with its own listener; connections (HTTP/1.1
 //!   keep-alive, h2c); graceful shutdown;
-//! - [`trigger`]: `/fn/{name}[/{rest}]` → admission → backend, with the contract's headers;
+//! - [`trigger`]: `/fn/{name}[/{rest}]` → body → admission → backend, with the contract's headers;
+//! - [`capacity`]: a function's concurrency slots, one set per name, resized on redeploy;
 //! - [`admin`]: the `/v1` admin API (deploy, describe, delete, logs, invocations);
 //! - [`follow`]: live log streaming;
 //! - [`platform`]: registry, artifacts, log store, backends and the live route table.
 
 pub mod admin;
 pub mod build;
+pub mod capacity;
 pub mod config;
 pub mod follow;
 pub mod platform;

@@ -16,9 +16,9 @@ use amphi_store::registry::{ArtifactInfo, Registry};
 use amphi_store::{DataDir, StoreError};
 use amphi_wasm::WasmBackend;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
 use crate::GatewayError;
+use crate::capacity::Capacity;
 use crate::config::ServeConfig;
 
 /// Where calls of one function go.
@@ -28,8 +28,8 @@ pub struct Route {
     pub function: Arc<FunctionVersion>,
     /// The backend that runs it.
     pub backend: Arc<dyn Backend>,
-    /// One permit per call allowed in flight.
-    pub capacity: Arc<Semaphore>,
+    /// The function's concurrency slots, shared by all its versions.
+    pub capacity: Arc<Capacity>,
 }
 
 /// How the admin token was obtained.
@@ -288,21 +288,24 @@ impl Platform {
             .find(|b| b.serves(function.kind))
             .cloned()
             .ok_or_else(|| GatewayError::NoBackend(function.kind.as_str().to_string()))?;
-        let route = Route {
-            capacity: Arc::new(Semaphore::new(function.config.concurrency as usize)),
-            function: Arc::new(function),
-            backend,
+        let name = function.name.clone();
+        let limit = function.config.concurrency;
+        let function = Arc::new(function);
+        let previous = {
+            let mut routes = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let capacity = match routes.get(&name) {
+                Some(previous) => {
+                    previous.capacity.resize(limit);
+                    previous.capacity.clone()
+                }
+                None => Arc::new(Capacity::new(limit)),
+            };
+            routes.insert(name.clone(), Route { function: function.clone(), backend, capacity })
         };
-        let name = route.function.name.clone();
-        let current = route.function.clone();
-        let previous = self
-            .routes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.clone(), route);
         if let Some(previous) = previous {
             previous.backend.retire(&name);
         }
+        let current = function;
         Ok(current)
     }
 }

@@ -210,6 +210,9 @@ async fn dispatch(
     request: Request<Incoming>,
     connection: ConnectionInfo,
 ) -> Response<ResponseBody> {
+    if let Some(refused) = refuse_oversized(&platform.config, &request) {
+        return refused;
+    }
     let path = request.uri().path().to_string();
     if let Some((name, rest)) = trigger::split_trigger_path(&path) {
         return trigger::invoke(platform, request, name, rest, connection).await;
@@ -224,4 +227,32 @@ async fn dispatch(
         ProblemKind::NotFound,
         format!("no route {path}: functions are called at /fn/NAME, the admin API is at /v1"),
     )
+}
+
+/// A request whose target or header fields are over this server's limits gets 414 or 431 as
+/// problem+json. (Past HTTP/1.1's own parsing limits, 100 header fields or about 400 KB of
+/// request head, the connection is answered with a bare 431 or 414 and closed before any of
+/// this runs.)
+fn refuse_oversized(config: &ServeConfig, request: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > config.max_uri_bytes {
+        return Some(respond::problem_of(
+            ProblemKind::UriTooLong,
+            format!(
+                "the request target is {target} bytes; this server takes at most {} (serve --max-uri-length)",
+                config.max_uri_bytes
+            ),
+        ));
+    }
+    let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if header_bytes > config.max_header_bytes {
+        return Some(respond::problem_of(
+            ProblemKind::HeadersTooLarge,
+            format!(
+                "the header fields are {header_bytes} bytes; this server takes at most {} (serve --max-header-size)",
+                config.max_header_bytes
+            ),
+        ));
+    }
+    None
 }

@@ -1,7 +1,8 @@
 //! The HTTP trigger: `/fn/{name}[/{rest}]`, any method.
 //!
-//! Route → admission (per-function concurrency) → request body (bounded) → dispatch to the
-//! function's backend → the contract's response headers. The function sees `/{rest}` (or `/`)
+//! Route → request body (bounded in size and time) → admission (a bounded wait for one of the
+//! function's concurrency slots) → dispatch to the function's backend → the contract's response
+//! headers. The function sees `/{rest}` (or `/`)
 //! with the raw query, the caller's headers minus any `amphi-*` ones, and the metadata headers.
 
 use std::pin::Pin;
@@ -18,8 +19,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
 
+use crate::capacity::Slot;
 use crate::platform::Platform;
 use crate::respond;
 
@@ -33,7 +34,14 @@ pub fn split_trigger_path(path: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then_some((name, rest))
 }
 
+/// Most of the path (with its query) an invocation record keeps; a longer one is cut and marked,
+/// so the store's growth does not depend on what an anonymous caller puts in a URL.
+pub const RECORD_PATH_BYTES: usize = 2048;
+
 /// Serves one call of the function `name`.
+///
+/// The body is read first, bounded in size and time, and only then does the call wait for one of
+/// the function's concurrency slots: a slow client holds no slot and eats no part of the timeout.
 pub async fn invoke(
     platform: &Arc<Platform>,
     request: Request<Incoming>,
@@ -43,7 +51,11 @@ pub async fn invoke(
 ) -> Response<ResponseBody> {
     let received = Instant::now();
     let Some(route) = platform.route(name) else {
-        return respond::problem_of(ProblemKind::NotFound, format!("no function named `{name}`"));
+        let mut response = respond::problem_of(ProblemKind::NotFound, format!("no function named `{name}`"));
+        if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()) {
+            response.headers_mut().insert(headers::INVOCATION_ID, id);
+        }
+        return response;
     };
     let backend = route.backend.kind();
     let (mut parts, body) = request.into_parts();
@@ -51,11 +63,11 @@ pub async fn invoke(
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),
     };
-    let invocation = Invocation::new(
+    let mut invocation = Invocation::new(
         route.function.clone(),
         backend,
         parts.method.to_string(),
-        path.clone(),
+        record_path(&path),
         platform.logs.clone(),
         platform.config.log_bytes_per_invocation,
     );
@@ -65,13 +77,10 @@ pub async fn invoke(
         error.finish(invocation);
         failure_response(&id, backend.as_str(), &error, received.elapsed())
     };
-
-    let Ok(permit) = route.capacity.clone().try_acquire_owned() else {
-        let detail =
-            format!("function `{name}` is at its concurrency limit of {}", route.function.config.concurrency);
-        return refuse(invocation, ProblemKind::OverCapacity, detail);
-    };
-    let queue = received.elapsed();
+    if let Some(bad) = control_character(rest) {
+        let detail = format!("the path holds a control character ({bad:?}) once percent-decoded");
+        return refuse(invocation, ProblemKind::BadRequest, detail);
+    }
 
     let max_body = platform.config.max_body_bytes;
     let declared =
@@ -80,16 +89,37 @@ pub async fn invoke(
         discard_in_background(body);
         return refuse(invocation, ProblemKind::PayloadTooLarge, too_large(max_body));
     }
-    let body = match read_body(body, max_body, declared).await {
-        BodyRead::Complete(bytes) => bytes,
-        BodyRead::TooLarge(rest) => {
+    let body_timeout = platform.config.body_timeout;
+    let body = match tokio::time::timeout(body_timeout, read_body(body, max_body)).await {
+        Ok(BodyRead::Complete(bytes)) => bytes,
+        Ok(BodyRead::TooLarge(rest)) => {
             discard_in_background(rest);
             return refuse(invocation, ProblemKind::PayloadTooLarge, too_large(max_body));
         }
-        BodyRead::Failed(e) => {
+        Ok(BodyRead::Failed(e)) => {
             return refuse(invocation, ProblemKind::BadRequest, format!("cannot read the request body: {e}"));
         }
+        Err(_) => {
+            let detail = format!(
+                "the request body did not arrive within {} (serve --body-timeout)",
+                humantime::format_duration(body_timeout)
+            );
+            return refuse(invocation, ProblemKind::RequestTimeout, detail);
+        }
     };
+
+    let waiting = Instant::now();
+    let queue_timeout = route.function.config.queue_timeout();
+    let Some(permit) = route.capacity.acquire(queue_timeout).await else {
+        let detail = format!(
+            "function `{name}` is at its concurrency limit of {} (waited {} for a slot)",
+            route.function.config.concurrency,
+            humantime::format_duration(queue_timeout)
+        );
+        return refuse(invocation, ProblemKind::OverCapacity, detail);
+    };
+    let queue = waiting.elapsed();
+    invocation.admit();
 
     prepare_headers(&mut parts.headers, &invocation);
     if !parts.headers.contains_key(http::header::HOST) {
@@ -128,15 +158,35 @@ pub async fn invoke(
     }
 }
 
+/// `path` as a record keeps it: whole up to [`RECORD_PATH_BYTES`], else cut and marked.
+fn record_path(path: &str) -> String {
+    if path.len() <= RECORD_PATH_BYTES {
+        return path.to_string();
+    }
+    let mut end = RECORD_PATH_BYTES;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[cut: {} bytes in all]", &path[..end], path.len())
+}
+
+/// The first control character of the percent-decoded `path`, if any: a CR or LF there would
+/// reach a CGI program's `PATH_INFO`, or a function's own logs, as a line break.
+fn control_character(path: &str) -> Option<char> {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    decoded.chars().find(|c| c.is_control())
+}
+
 enum BodyRead {
     Complete(Bytes),
     TooLarge(Incoming),
     Failed(hyper::Error),
 }
 
-/// Reads the whole body, stopping as soon as it grows past `max`.
-async fn read_body(mut body: Incoming, max: u64, declared: Option<u64>) -> BodyRead {
-    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+/// Reads the whole body, stopping as soon as it grows past `max`. Memory grows as bytes arrive,
+/// never ahead of them on the word of a `Content-Length`.
+async fn read_body(mut body: Incoming, max: u64) -> BodyRead {
+    let mut buffer = BytesMut::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
@@ -228,10 +278,10 @@ fn failure_response(
     response
 }
 
-/// A response body that holds the call's concurrency permit until it is sent or dropped.
+/// A response body that holds the call's concurrency slot until it is sent or dropped.
 struct PermitBody {
     inner: ResponseBody,
-    _permit: OwnedSemaphorePermit,
+    _permit: Slot,
 }
 
 impl Body for PermitBody {
@@ -257,6 +307,18 @@ impl Body for PermitBody {
 #[cfg(test)]
 mod tests {
     use super::split_trigger_path;
+
+    #[test]
+    fn records_keep_a_bounded_path_and_control_characters_are_found() {
+        assert_eq!(super::record_path("/a?b=c"), "/a?b=c");
+        let long = format!("/{}", "é".repeat(3000));
+        let kept = super::record_path(&long);
+        assert!(kept.len() < super::RECORD_PATH_BYTES + 40, "{}", kept.len());
+        assert!(kept.ends_with(&format!("…[cut: {} bytes in all]", long.len())), "{kept}");
+        assert_eq!(super::control_character("/a%0d%0aSet-Cookie:x"), Some('\r'));
+        assert_eq!(super::control_character("/a%7f"), Some('\u{7f}'));
+        assert_eq!(super::control_character("/caf%C3%A9/%20ok"), None);
+    }
 
     #[test]
     fn trigger_paths() {

@@ -64,8 +64,15 @@ const INSTALLATION_FILE: &str = "installation-id";
 
 impl DataDir {
     /// Opens (creating it if needed) the data directory at `path`.
+    /// The directory is made private to Amphi's user (0700): it holds the admin token, and the
+    /// registry holds functions' environments in plain text.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path).map_err(StoreError::io(format!("creating {}", path.display())))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(StoreError::io(format!("restricting {}", path.display())))?;
+        }
         let dir = Dir::open_ambient_dir(path, ambient_authority())
             .map_err(StoreError::io(format!("opening {}", path.display())))?;
         for sub in [artifacts::SOURCES, artifacts::COMPILED] {
@@ -78,6 +85,28 @@ impl DataDir {
     /// The directory's absolute path (for SQLite, which opens files by path).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The path of the database `name`, its file made first, readable by the owner only (SQLite
+    /// gives its `-wal` and `-shm` files the database file's permissions).
+    pub fn private_database(&self, name: &str) -> Result<PathBuf, StoreError> {
+        use cap_std::fs::{OpenOptions, OpenOptionsExt as _, PermissionsExt as _};
+        let file = self
+            .dir
+            .open_with(name, OpenOptions::new().create(true).append(true).mode(0o600))
+            .map_err(StoreError::io(format!("creating {name}")))?;
+        // Files made by an older version keep their old mode unless it is set here.
+        file.set_permissions(cap_std::fs::Permissions::from_mode(0o600))
+            .map_err(StoreError::io(format!("restricting {name}")))?;
+        for companion in [format!("{name}-wal"), format!("{name}-shm")] {
+            match self.dir.set_permissions(&companion, cap_std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Io { what: format!("restricting {companion}"), source: e });
+                }
+                _ => {}
+            }
+        }
+        Ok(self.path.join(name))
     }
 
     /// The capability handle to the directory.

@@ -160,7 +160,7 @@ const RETENTION_CHUNK: i64 = 50_000;
 impl LogStore {
     /// Opens (creating if needed) `logs.db` in the data directory and starts its writer thread.
     pub fn open(data: &crate::DataDir, config: LogStoreConfig) -> Result<Self, StoreError> {
-        let path = data.path().join("logs.db");
+        let path = data.private_database("logs.db")?;
         let writer_conn = Connection::open(&path)?;
         writer_conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
         writer_conn.execute_batch(SCHEMA)?;

@@ -56,7 +56,7 @@ pub struct ArtifactInfo {
 impl Registry {
     /// Opens (creating if needed) `registry.db` in the data directory.
     pub fn open(data: &crate::DataDir) -> Result<Self, StoreError> {
-        let conn = Connection::open(data.path().join("registry.db"))?;
+        let conn = Connection::open(data.private_database("registry.db")?)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn: Mutex::new(conn) })
