@@ -144,6 +144,14 @@ int main(void) {
         fprintf(stderr, "%s\n", line);
         fprintf(stderr, "amphi-invocation=%s logger: %s\n", env("HTTP_AMPHI_INVOCATION_ID"), line);
         text(200, "logged");
+    } else if (strcmp(route, "flood") == 0) {
+        /* `mb` MiB to stderr, in lines of 1 KiB: far past any log budget. */
+        char line[1024];
+        memset(line, 'x', sizeof line - 1);
+        line[sizeof line - 1] = '\n';
+        for (unsigned long i = 0, n = number("mb") * 1024; i < n; i++)
+            if (fwrite(line, 1, sizeof line, stderr) != sizeof line) break;
+        text(200, "flooded");
     } else if (strcmp(route, "sleep") == 0) {
         sleep_ms(number("ms"));
         text(200, "slept");

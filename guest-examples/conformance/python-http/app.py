@@ -104,6 +104,13 @@ class Handler(BaseHTTPRequestHandler):
             print(f"amphi-invocation={self.headers.get('amphi-invocation-id', '')} logger: {text}",
                   file=sys.stderr, flush=True)
             self.send(200, "logged")
+        elif route == "flood":
+            # `mb` MiB to stderr, in lines of 1 KiB: far past any log budget.
+            line = b"x" * 1023 + b"\n"
+            for _ in range(self.number("mb") * 1024):
+                sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+            self.send(200, "flooded")
         elif route == "sleep":
             time.sleep(self.number("ms") / 1000)
             self.send(200, "slept")

@@ -380,12 +380,14 @@ async fn idle_instances_are_paused_resumed_on_demand_and_removed() {
 #[tokio::test]
 async fn crash_memory_limit_and_timeout_give_their_statuses_and_records_and_a_replacement() {
     let (docker, temp, server) = start().await;
-    deploy(&server, "fragile", &example("python-http"), &["--memory", "48MiB", "--timeout", "1500ms"]);
+    // The timeout also covers the replacement's cold start, which takes longer while the other
+    // tests of this file start containers too.
+    deploy(&server, "fragile", &example("python-http"), &["--memory", "48MiB", "--timeout", "3s"]);
 
     let cases = [
         ("/crash", 502, "function_error", "exited with code 3"),
         ("/alloc?mb=200", 502, "function_error", "out of memory"),
-        ("/sleep?ms=5000", 504, "timeout", "timeout of 1500ms"),
+        ("/sleep?ms=8000", 504, "timeout", "timeout of 3000ms"),
     ];
     for (path, status, outcome, says) in cases {
         let failed = server.get("fragile", path).await;

@@ -7,7 +7,8 @@
 //! `{"type":"exit","code":N,"oom":bool}`: the function's process ended (`oom`: the kernel killed
 //! a process of the container for memory); the instance is going away.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use amphi_contract::record::split_attribution;
@@ -15,17 +16,52 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+/// Most bytes of log events waiting for the gateway. Past it, lines are dropped (and counted)
+/// rather than held: a function flooding its output must not grow the shim's memory, which the
+/// container's memory limit also counts.
+const MAX_QUEUED_LOG_BYTES: usize = 1 << 20;
+
+/// One event on its way to the gateway; a log event's bytes count against the queue's budget
+/// until the gateway's connection takes them.
+pub struct Queued {
+    /// The NDJSON line.
+    pub line: Bytes,
+    log: bool,
+}
+
 /// The event hub of the instance.
 pub struct Events {
     state: Mutex<State>,
     exit: watch::Sender<Option<u8>>,
+    queued_log_bytes: Arc<AtomicUsize>,
+    dropped_lines: AtomicU64,
 }
 
 struct State {
-    sender: mpsc::UnboundedSender<Bytes>,
+    sender: mpsc::UnboundedSender<Queued>,
     /// Taken by the gateway's one events connection; events wait in the channel until then.
-    receiver: Option<mpsc::UnboundedReceiver<Bytes>>,
+    receiver: Option<mpsc::UnboundedReceiver<Queued>>,
     in_flight: Vec<String>,
+}
+
+/// The receiving end of the events, for the gateway's connection.
+pub struct Receiver {
+    inner: mpsc::UnboundedReceiver<Queued>,
+    queued_log_bytes: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    /// The next event's line, once there is one.
+    pub fn poll_line(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
+        self.inner.poll_recv(cx).map(|event| {
+            event.map(|queued| {
+                if queued.log {
+                    self.queued_log_bytes.fetch_sub(queued.line.len(), Ordering::Relaxed);
+                }
+                queued.line
+            })
+        })
+    }
 }
 
 impl Default for Events {
@@ -34,6 +70,8 @@ impl Default for Events {
         Self {
             state: Mutex::new(State { sender, receiver: Some(receiver), in_flight: Vec::new() }),
             exit: watch::Sender::new(None),
+            queued_log_bytes: Arc::new(AtomicUsize::new(0)),
+            dropped_lines: AtomicU64::new(0),
         }
     }
 }
@@ -44,14 +82,35 @@ impl Events {
     }
 
     /// The event stream, for the first caller only.
-    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Bytes>> {
-        self.state().receiver.take()
+    pub fn subscribe(&self) -> Option<Receiver> {
+        let inner = self.state().receiver.take()?;
+        Some(Receiver { inner, queued_log_bytes: self.queued_log_bytes.clone() })
     }
 
     fn send(state: &State, event: serde_json::Value) {
-        let mut line = event.to_string().into_bytes();
-        line.push(b'\n');
-        let _ = state.sender.send(Bytes::from(line));
+        let _ = state.sender.send(Queued { line: ndjson(&event), log: false });
+    }
+
+    /// Queues a log event unless the queue is over its budget; says, once there is room again,
+    /// how many lines were dropped meanwhile.
+    fn send_log(&self, state: &State, invocation: &str, stream: &str, line: &str) {
+        let event = json!({"type": "log", "invocation": invocation, "stream": stream, "line": line});
+        let line = ndjson(&event);
+        if self.queued_log_bytes.load(Ordering::Relaxed) + line.len() > MAX_QUEUED_LOG_BYTES {
+            self.dropped_lines.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let dropped = self.dropped_lines.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let note =
+                format!("amphi-shim: dropped {dropped} lines of output the gateway could not take in time");
+            let note =
+                ndjson(&json!({"type": "log", "invocation": invocation, "stream": "stderr", "line": note}));
+            self.queued_log_bytes.fetch_add(note.len(), Ordering::Relaxed);
+            let _ = state.sender.send(Queued { line: note, log: true });
+        }
+        self.queued_log_bytes.fetch_add(line.len(), Ordering::Relaxed);
+        let _ = state.sender.send(Queued { line, log: true });
     }
 
     /// A line of the long-running function's output: a line naming a call in flight
@@ -66,7 +125,7 @@ impl Events {
                 _ => ("", line),
             },
         };
-        Self::send(&state, json!({"type": "log", "invocation": invocation, "stream": stream, "line": line}));
+        self.send_log(&state, invocation, stream, line);
     }
 
     /// A line written by the process serving `invocation` alone (CGI).
@@ -76,7 +135,7 @@ impl Events {
             _ => line,
         };
         let state = self.state();
-        Self::send(&state, json!({"type": "log", "invocation": invocation, "stream": stream, "line": line}));
+        self.send_log(&state, invocation, stream, line);
     }
 
     /// The function is ready for calls.
@@ -119,6 +178,12 @@ impl Events {
             code
         }
     }
+}
+
+fn ndjson(event: &serde_json::Value) -> Bytes {
+    let mut line = event.to_string().into_bytes();
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// Whether the kernel's OOM killer has killed a process of this container: the memory cgroup's

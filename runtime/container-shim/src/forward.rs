@@ -20,7 +20,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixListener};
 use tokio::process::Command;
-use tokio::sync::mpsc;
 
 use crate::events::Events;
 use crate::output::{LineSink, PipeProbes, read_lines};
@@ -402,7 +401,7 @@ impl Drop for EndOfCall {
 }
 
 /// The events stream, one NDJSON line per frame.
-struct EventBody(mpsc::UnboundedReceiver<Bytes>);
+struct EventBody(crate::events::Receiver);
 
 impl Body for EventBody {
     type Data = Bytes;
@@ -412,6 +411,6 @@ impl Body for EventBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0.poll_recv(cx).map(|event| event.map(|line| Ok(Frame::data(line))))
+        self.0.poll_line(cx).map(|event| event.map(|line| Ok(Frame::data(line))))
     }
 }

@@ -80,6 +80,17 @@ fn handle(req: Request) -> Response {
             req.logger().log(format_args!("logger: {text}"));
             Response::text("logged")
         }
+        "flood" => {
+            // `mb` MiB to stderr, in lines of 1 KiB: far past any log budget.
+            let line = format!("{}\n", "x".repeat(1023));
+            let mut stderr = std::io::stderr().lock();
+            for _ in 0..number("mb") * 1024 {
+                if std::io::Write::write_all(&mut stderr, line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+            Response::text("flooded")
+        }
         "sleep" => {
             std::thread::sleep(Duration::from_millis(number("ms")));
             Response::text("slept")
