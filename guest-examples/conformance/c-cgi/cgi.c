@@ -144,6 +144,13 @@ int main(void) {
         fprintf(stderr, "%s\n", line);
         fprintf(stderr, "amphi-invocation=%s logger: %s\n", env("HTTP_AMPHI_INVOCATION_ID"), line);
         text(200, "logged");
+    } else if (strcmp(route, "big") == 0) {
+        /* A response body of `mb` MiB: past the CGI response limit from 32 MiB on. */
+        char chunk[65536];
+        memset(chunk, 'x', sizeof chunk);
+        printf("Content-Type: text/plain\r\n\r\n");
+        for (unsigned long i = 0, n = number("mb") * 16; i < n; i++)
+            if (fwrite(chunk, 1, sizeof chunk, stdout) != sizeof chunk) break;
     } else if (strcmp(route, "flood") == 0) {
         /* `mb` MiB to stderr, in lines of 1 KiB: far past any log budget. */
         char line[1024];

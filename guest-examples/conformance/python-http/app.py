@@ -104,6 +104,8 @@ class Handler(BaseHTTPRequestHandler):
             print(f"amphi-invocation={self.headers.get('amphi-invocation-id', '')} logger: {text}",
                   file=sys.stderr, flush=True)
             self.send(200, "logged")
+        elif route == "big":
+            self.send(200, b"x" * (self.number("mb") << 20))
         elif route == "flood":
             # `mb` MiB to stderr, in lines of 1 KiB: far past any log budget.
             line = b"x" * 1023 + b"\n"

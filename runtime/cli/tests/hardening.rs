@@ -325,3 +325,21 @@ async fn small_holes_are_closed() {
         assert_eq!(mode(&temp.path().join(file)), 0o600, "{file}");
     }
 }
+
+/// Point 10: a component still streaming when its timeout comes has its body cut off as an
+/// error the client sees, never ended as if complete; the record says why.
+#[tokio::test]
+async fn a_body_cut_by_the_timeout_is_aborted_not_ended() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    let config = json!({ "timeout_ms": 500 });
+    server.deploy("s", amphi_guest_artifacts::CONFORMANCE_SDK_COMPONENT, config).await;
+    let response = server.get("s", "/stream?chunks=20&delay_ms=100").await;
+    assert_eq!(response.status(), 200, "the head went out before the timeout");
+    let id = header(&response, "amphi-invocation-id").to_string();
+    let body = response.bytes().await;
+    assert!(body.is_err(), "the cut body looked complete: {body:?}");
+    let record = server.record(&id).await;
+    assert_eq!(record["invocation"]["outcome"], "timeout", "{record}");
+    assert!(record["invocation"]["error"].as_str().is_some_and(|e| e.contains("after the response started")));
+}

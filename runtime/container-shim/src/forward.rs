@@ -38,8 +38,8 @@ const SHIM_REMOTE: &str = "amphi-shim-remote";
 const SHIM_LOCAL: &str = "amphi-shim-local";
 /// Settings of the shim itself, kept from the function's environment.
 const SHIM_ENV: [&str; 2] = ["AMPHI_SHIM_SOCKET", "AMPHI_SHIM_PROTOCOL"];
-/// Largest response a CGI program may write.
-const MAX_CGI_OUTPUT: u64 = 64 << 20;
+/// Largest response a CGI program may write: the contract's CGI response limit (CONTRACT.md §5).
+const MAX_CGI_OUTPUT: u64 = 32 << 20;
 
 /// The function behind the shim.
 pub enum Function {

@@ -16,11 +16,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use wasmtime::InstancePre;
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtx};
 
 use crate::limits::CallLimits;
-use crate::output::OutputTarget;
+use crate::output::{OutputTarget, ResponseOutput};
 use crate::{classify_failure, deadline_exceeded, new_store};
 
 /// The store data of a CGI call.
@@ -50,7 +50,7 @@ pub async fn invoke(
         &invocation.function.name,
     ));
 
-    let stdout = MemoryOutputPipe::new(max_response_bytes);
+    let stdout = ResponseOutput::new(max_response_bytes);
     let (_, stderr) = OutputTarget::bound(invocation.log.clone()).streams();
     let mut wasi = WasiCtx::builder();
     wasi.envs(&env)
@@ -78,20 +78,25 @@ pub async fn invoke(
                 ProblemKind::FunctionFailed,
                 format!("the CGI program exited with status {code}"),
             )),
-            None if stdout.contents().len() >= max_response_bytes => Some(BackendError::new(
-                ProblemKind::FunctionFailed,
-                format!("the CGI response is larger than {max_response_bytes} bytes"),
-            )),
             None => Some(classify_failure(&error, &store.data().limits, &invocation)),
         },
         Err(_elapsed) => Some(deadline_exceeded(&invocation)),
     };
     drop(store);
-    let response = match failure {
-        None => parse_response(stdout.contents()).map_err(|why| {
+    let response = match (failure, stdout.take()) {
+        // A refused write can make the program fail too; the size is the reason then.
+        (Some(error), Some(_))
+        | (Some(error @ BackendError { kind: ProblemKind::DeadlineExceeded, .. }), None) => Err(error),
+        (_, None) => Err(BackendError::new(
+            ProblemKind::FunctionFailed,
+            format!(
+                "the CGI response is larger than {} (serve's CGI response limit)",
+                amphi_contract::size::format_bytes(max_response_bytes as u64)
+            ),
+        )),
+        (None, Some(output)) => parse_response(output).map_err(|why| {
             BackendError::new(ProblemKind::FunctionFailed, format!("malformed CGI response: {why}"))
         }),
-        Some(error) => Err(error),
     };
     let start = if code_load.is_some() { StartKind::Cold } else { StartKind::Warm };
     match response {

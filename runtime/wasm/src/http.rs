@@ -140,6 +140,8 @@ pub async fn invoke(
     };
 
     let (init_tx, init_rx) = tokio::sync::oneshot::channel();
+    // Whether the guest ran to its end: the response body ends cleanly only if it did.
+    let (completed_tx, completed_rx) = tokio::sync::oneshot::channel::<bool>();
     let start = if code_load.is_some() { StartKind::Cold } else { StartKind::Warm };
     // Until the response head is handed over, the caller going away (this future dropped) stops
     // the guest; its invocation then records the call as abandoned.
@@ -166,6 +168,7 @@ pub async fn invoke(
             Ok(Err(trap)) => Some(classify_failure(&trap, &store.data().limits, &invocation)),
             Err(_elapsed) => Some(deadline_exceeded(&invocation)),
         };
+        let _ = completed_tx.send(failure.is_none());
         // Let the caller's task send the response before the clean-up below: on a
         // single-threaded worker it would otherwise wait for the store to be dropped.
         tokio::task::yield_now().await;
@@ -209,7 +212,13 @@ pub async fn invoke(
     match response {
         // The guest streams the body on its own from here.
         Ok(Ok(response)) => Ok(BackendResponse {
-            response: response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            response: response.map(|body| {
+                GuestBody {
+                    inner: body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                    completed: Some(completed_rx),
+                }
+                .boxed_unsync()
+            }),
             start,
             init,
             queued: std::time::Duration::ZERO,
@@ -245,6 +254,48 @@ pub(crate) fn new_http_store(
         limits: CallLimits::new(config.memory_bytes, deadline),
     };
     new_store(engine, state, |s| &mut s.limits)
+}
+
+/// The response body a guest streams. It ends cleanly only once the guest has run to its end; a
+/// guest that trapped or ran out of time after sending the head ends it with an error instead, so
+/// the caller sees the body cut off (the connection reset, or the HTTP/2 stream reset), never a
+/// complete-looking response.
+struct GuestBody {
+    inner: amphi_contract::ResponseBody,
+    completed: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+impl http_body::Body for GuestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                let Some(completed) = self.completed.as_mut() else { return Poll::Ready(None) };
+                match std::pin::Pin::new(completed).poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(done) => {
+                        self.completed = None;
+                        if done == Ok(true) {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Ready(Some(Err("the function failed after its response started".into())))
+                        }
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.completed.is_none() && self.inner.is_end_stream()
+    }
 }
 
 /// Aborts the task it holds when dropped.

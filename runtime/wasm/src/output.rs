@@ -132,3 +132,91 @@ impl StdoutStream for LogOutput {
         Box::new(self.clone())
     }
 }
+
+/// A CGI module's stdout: its response, kept in memory up to a limit. A write past the limit is
+/// refused and remembered, so a response that did not fit is a failed call, never a cut one
+/// passed off as complete.
+#[derive(Clone)]
+pub struct ResponseOutput(Arc<Mutex<ResponseBuffer>>);
+
+struct ResponseBuffer {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl ResponseOutput {
+    /// Up to `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self(Arc::new(Mutex::new(ResponseBuffer { bytes: Vec::new(), limit, overflowed: false })))
+    }
+
+    /// What was written, or `None` if the module tried to write more than the limit.
+    pub fn take(&self) -> Option<Bytes> {
+        let mut buffer = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (!buffer.overflowed).then(|| Bytes::from(std::mem::take(&mut buffer.bytes)))
+    }
+
+    fn write(&self, bytes: &[u8]) -> bool {
+        let mut buffer = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if buffer.overflowed || buffer.bytes.len() + bytes.len() > buffer.limit {
+            buffer.overflowed = true;
+            return false;
+        }
+        buffer.bytes.extend_from_slice(bytes);
+        true
+    }
+}
+
+impl OutputStream for ResponseOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if ResponseOutput::write(self, &bytes) { Ok(()) } else { Err(wasmtime_wasi::p2::StreamError::Closed) }
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_BUDGET)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for ResponseOutput {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for ResponseOutput {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if ResponseOutput::write(&self, buf) {
+            Poll::Ready(Ok(buf.len()))
+        } else {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for ResponseOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for ResponseOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}

@@ -80,6 +80,7 @@ fn handle(req: Request) -> Response {
             req.logger().log(format_args!("logger: {text}"));
             Response::text("logged")
         }
+        "big" => Response::text("x".repeat(number("mb") as usize * 1024 * 1024)),
         "flood" => {
             // `mb` MiB to stderr, in lines of 1 KiB: far past any log budget.
             let line = format!("{}\n", "x".repeat(1023));
