@@ -61,7 +61,7 @@ pub fn check(bytes: &Bytes, dockerfile: &str, max_unpacked: u64) -> Result<Check
     let entries = archive.entries().map_err(|e| invalid(format!("not a tar archive: {e}")))?;
     let (mut count, mut unpacked, mut found_dockerfile) = (0usize, 0u64, false);
     for entry in entries {
-        let entry = entry.map_err(|e| invalid(format!("the archive is damaged: {e}")))?;
+        let mut entry = entry.map_err(|e| invalid(format!("the archive is damaged: {e}")))?;
         count += 1;
         if count > MAX_ENTRIES {
             return Err(invalid(format!("the build context has more than {MAX_ENTRIES} entries")));
@@ -71,13 +71,21 @@ pub fn check(bytes: &Bytes, dockerfile: &str, max_unpacked: u64) -> Result<Check
             invalid(format!("`{raw_path}`: absolute paths and `..` are not allowed in a build context"))
         })?;
         let kind = entry.header().entry_type();
-        unpacked = unpacked.saturating_add(entry.header().size().unwrap_or(0));
+        // A sparse file unpacks to its "real" size, which no size field of the entry states
+        // (GNU's own format, or PAX's GNU.sparse.* records): refused, whatever its format.
+        if kind == tar::EntryType::GNUSparse || is_pax_sparse(&mut entry)? {
+            return Err(invalid(format!(
+                "`{raw_path}` is a sparse file; build contexts may not hold sparse files"
+            )));
+        }
+        // The entry's size as it unpacks: a PAX `size` record overrides the header's field.
+        unpacked = unpacked.saturating_add(entry.size());
         if unpacked > max_unpacked {
             return Err(ContextError::TooLarge { limit: max_unpacked });
         }
         use tar::EntryType as T;
         match kind {
-            T::Regular | T::Continuous | T::GNUSparse => {
+            T::Regular | T::Continuous => {
                 found_dockerfile |= path == dockerfile_path;
             }
             T::Directory | T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
@@ -123,6 +131,23 @@ pub fn check(bytes: &Bytes, dockerfile: &str, max_unpacked: u64) -> Result<Check
         entries: count,
         unpacked_bytes: unpacked,
     })
+}
+
+/// Whether a PAX header before the entry describes it as a sparse file.
+fn is_pax_sparse<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<bool, ContextError> {
+    let Some(extensions) =
+        entry.pax_extensions().map_err(|e| ContextError::Invalid(format!("the archive is damaged: {e}")))?
+    else {
+        return Ok(false);
+    };
+    for extension in extensions {
+        let extension =
+            extension.map_err(|e| ContextError::Invalid(format!("a PAX header is damaged: {e}")))?;
+        if extension.key_bytes().starts_with(b"GNU.sparse.") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn link_target<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, ContextError> {
@@ -202,7 +227,7 @@ mod tests {
         Bytes::from(builder.into_inner().expect("finish"))
     }
 
-    use tar::EntryType::{Directory, Fifo, Link, Regular, Symlink};
+    use tar::EntryType::{Directory, Fifo, GNUSparse, Link, Regular, Symlink};
 
     #[test]
     fn accepts_a_plain_context_and_finds_a_named_dockerfile() {
@@ -235,6 +260,34 @@ mod tests {
             let error = check(&archive(entries), "Dockerfile", 1 << 20).expect_err("refused");
             assert!(error.to_string().contains(expected), "{error} should mention {expected}");
         }
+    }
+
+    #[test]
+    fn refuses_sparse_files_in_pax_and_gnu_form() {
+        // What `tar --sparse --format=pax` writes: PAX records naming the real size, then a
+        // small regular entry holding the map and the data.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut dockerfile = header("Dockerfile", Regular, 13);
+        dockerfile.set_cksum();
+        builder.append(&dockerfile, &b"FROM scratch\n"[..]).expect("append");
+        builder
+            .append_pax_extensions([
+                ("GNU.sparse.major", &b"1"[..]),
+                ("GNU.sparse.minor", &b"0"[..]),
+                ("GNU.sparse.name", &b"big"[..]),
+                ("GNU.sparse.realsize", &b"1073741824"[..]),
+            ])
+            .expect("pax");
+        let mut sparse = header("GNUSparseFile.0/big", Regular, 512);
+        sparse.set_cksum();
+        builder.append(&sparse, &[0u8; 512][..]).expect("append");
+        let bytes = Bytes::from(builder.into_inner().expect("tar"));
+        let error = check(&bytes, "Dockerfile", 1 << 20).expect_err("refused");
+        assert!(error.to_string().contains("sparse"), "{error}");
+
+        // (This GNU header has no sparse map; the archive reader refuses it before we see it.)
+        let gnu = archive(&[("Dockerfile", Regular, "x"), ("big", GNUSparse, "")]);
+        assert!(check(&gnu, "Dockerfile", 1 << 20).is_err());
     }
 
     #[test]
