@@ -9,7 +9,9 @@
 //! An instance is made for one function version (its code, environment and memory limit); a new
 //! deploy or a delete throws its ready instances away. Instances are held for at most
 //! [`ReadySettings::functions`] functions, the least recently called dropped first, and a
-//! function not called for [`IDLE`] loses them, so an idle server holds no pool slots.
+//! function not called for [`ReadySettings::idle`] loses them, so an idle server holds no pool
+//! slots: a sweeper thread has the cache drop expired entries, since the cache itself only does
+//! so while it is being used.
 //!
 //! CGI modules get none: their environment and stdin are the request itself.
 
@@ -24,9 +26,6 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use crate::http::HttpState;
 use crate::output::OutputTarget;
 
-/// A function not called for this long loses its ready instances.
-pub const IDLE: Duration = Duration::from_secs(60);
-
 /// How many instances are kept ready.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadySettings {
@@ -34,11 +33,13 @@ pub struct ReadySettings {
     pub per_function: usize,
     /// Functions that have ready instances at once.
     pub functions: u64,
+    /// A function not called for this long loses its ready instances.
+    pub idle: Duration,
 }
 
 impl Default for ReadySettings {
     fn default() -> Self {
-        Self { per_function: 2, functions: 64 }
+        Self { per_function: 2, functions: 64, idle: Duration::from_secs(60) }
     }
 }
 
@@ -89,19 +90,25 @@ pub struct ReadyInstances {
     functions: moka::sync::Cache<String, Arc<FunctionReady>>,
     /// How instances were made.
     pub stats: Arc<InstanceStats>,
+    /// Tells the sweeper thread to end.
+    stop: Arc<AtomicBool>,
 }
 
 impl ReadyInstances {
-    /// An empty set.
+    /// An empty set, and its sweeper thread.
     pub fn new(settings: ReadySettings) -> Self {
-        Self {
-            settings,
-            functions: moka::sync::Cache::builder()
-                .max_capacity(settings.functions)
-                .time_to_idle(IDLE)
-                .build(),
-            stats: Arc::default(),
+        let functions =
+            moka::sync::Cache::builder().max_capacity(settings.functions).time_to_idle(settings.idle).build();
+        let stop = Arc::new(AtomicBool::new(false));
+        if settings.per_function > 0 {
+            spawn_sweeper(functions.clone(), settings.idle, stop.clone());
         }
+        Self { settings, functions, stats: Arc::default(), stop }
+    }
+
+    /// Functions holding ready instances (after the last sweep).
+    pub fn functions_held(&self) -> u64 {
+        self.functions.entry_count()
     }
 
     /// Takes a ready instance of `function`, if one is there.
@@ -178,5 +185,58 @@ impl ReadyInstances {
             self.functions.insert(function.name.clone(), replacement.clone());
             replacement
         })
+    }
+}
+
+impl Drop for ReadyInstances {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Has `functions` drop its expired entries (and with them their instances' pool slots) every
+/// so often, until `stop`.
+fn spawn_sweeper(
+    functions: moka::sync::Cache<String, Arc<FunctionReady>>,
+    idle: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(10));
+    let spawned = std::thread::Builder::new().name("amphi-ready-sweeper".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(period);
+            functions.run_pending_tasks();
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the ready-instance sweeper: idle functions keep their instances");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amphi_contract::function::{ArtifactKind, FunctionConfig};
+
+    #[test]
+    fn an_uncalled_function_loses_its_ready_instances_without_any_other_call() {
+        let settings = ReadySettings { idle: Duration::from_millis(100), ..Default::default() };
+        let ready = ReadyInstances::new(settings);
+        let function = FunctionVersion {
+            name: "f".into(),
+            version: 1,
+            digest: "sha256:00".into(),
+            kind: ArtifactKind::WasiHttpComponent,
+            config: FunctionConfig::default(),
+            created_at_ms: 0,
+        };
+        assert!(ready.entry(&function).is_some());
+        ready.functions.run_pending_tasks();
+        assert_eq!(ready.functions_held(), 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ready.functions_held() > 0 {
+            assert!(Instant::now() < deadline, "the idle entry was never dropped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
