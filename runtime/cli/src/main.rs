@@ -58,6 +58,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `amphi serve` compiles uploads by running this binary as its compile worker.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(amphi_wasm::compile::WORKER_COMMAND) {
+        return amphi_wasm::compile::worker_main(&args[2..]);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -66,6 +66,12 @@ pub struct ServeArgs {
     /// request arrives).
     #[arg(long, default_value_t = 2)]
     wasm_ready_instances: usize,
+    /// CPU time one upload may take to compile; past it the upload is refused (422).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    compile_timeout: Duration,
+    /// Memory one upload may take to compile; past it the upload is refused (422).
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    compile_memory: u64,
     /// Threads serving connections, each on its own listener (0: one per CPU).
     #[arg(long, env = "AMPHI_WORKERS", default_value_t = 0)]
     workers: usize,
@@ -94,6 +100,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.wasm.pool_instances = args.wasm_pool_instances;
     config.wasm.guard_pages = args.wasm_guard_pages;
     config.wasm.ready.per_function = args.wasm_ready_instances;
+    config.wasm.compile.timeout = args.compile_timeout;
+    config.wasm.compile.memory_bytes = args.compile_memory;
+    // Uploads are compiled by this very binary, as a worker process with those limits.
+    config.wasm.compile.worker =
+        Some(std::env::current_exe().context("cannot find the amphi binary to run compile workers")?);
     config.workers = args.workers;
 
     let server = Server::bind(config).await.context("cannot start the server")?;

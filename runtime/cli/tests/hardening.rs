@@ -343,3 +343,109 @@ async fn a_body_cut_by_the_timeout_is_aborted_not_ended() {
     assert_eq!(record["invocation"]["outcome"], "timeout", "{record}");
     assert!(record["invocation"]["error"].as_str().is_some_and(|e| e.contains("after the response started")));
 }
+
+/// A core module with one exported function whose body nests `depth` loops, and `functions`
+/// more empty functions: the two shapes of compile bomb (point 5).
+fn compile_bomb(depth: u32, functions: u32) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, TypeSection,
+    };
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    let mut declared = FunctionSection::new();
+    let mut code = CodeSection::new();
+    let mut body = Function::new([]);
+    for _ in 0..depth {
+        body.instruction(&Instruction::Loop(wasm_encoder::BlockType::Empty));
+    }
+    for _ in 0..depth {
+        body.instruction(&Instruction::End);
+    }
+    body.instruction(&Instruction::End);
+    declared.function(0);
+    code.function(&body);
+    for _ in 0..functions {
+        let mut empty = Function::new([]);
+        empty.instruction(&Instruction::End);
+        declared.function(0);
+        code.function(&empty);
+    }
+    let mut exports = ExportSection::new();
+    exports.export("_start", ExportKind::Func, 0);
+    let mut module = wasm_encoder::Module::new();
+    module.section(&types).section(&declared).section(&exports).section(&code);
+    module.finish()
+}
+
+/// Point 5: an upload that takes too long or too much memory to compile is refused with 422
+/// naming the limit; compiling happens in a worker process, so other uploads and calls go on,
+/// a disconnect kills the worker, and shutdown does not wait for it.
+#[tokio::test]
+async fn compile_bombs_are_refused_by_their_limits_and_never_hold_the_server() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut server =
+        TestServer::start_with(temp.path(), &["--compile-timeout", "2s", "--compile-memory", "1GiB"]);
+    // A function whose code compiles well within the limit, even in a debug build.
+    server.deploy("hello", amphi_guest_artifacts::C_CGI_MODULE, json!({})).await;
+
+    let upload = |bytes: Vec<u8>| server.admin(Method::POST, "/artifacts").body(bytes).send();
+    let nested = upload(compile_bomb(100_000, 0));
+    let meanwhile = async {
+        // While the bomb compiles, calls are served and a small upload compiles.
+        let call = server.get("hello", "/").await;
+        assert_eq!(call.status(), 200);
+        let small = upload(compile_bomb(1, 0)).await.expect("upload");
+        assert!(small.status().is_success(), "{}", small.text().await.unwrap_or_default());
+    };
+    let (refused, ()) = tokio::join!(nested, meanwhile);
+    let refused = refused.expect("upload");
+    assert_eq!(refused.status(), 422);
+    let problem: Value = refused.json().await.expect("problem");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("--compile-timeout")), "{problem}");
+
+    let many = upload(compile_bomb(1, 900_000)).await.expect("upload");
+    assert_eq!(many.status(), 422);
+    let problem: Value = many.json().await.expect("problem");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("--compile-")), "{problem}");
+
+    // An uploader that leaves takes its worker with it.
+    let leaving =
+        tokio::time::timeout(std::time::Duration::from_millis(500), upload(compile_bomb(100_000, 0))).await;
+    assert!(leaving.is_err(), "the bomb compiled within 500 ms");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let pid = server.pid().expect("running");
+    while workers_running(pid) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the compile worker outlived its uploader");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Shutdown does not wait for a compile in progress.
+    let pending = tokio::spawn(upload(compile_bomb(100_000, 0)));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stopping = std::time::Instant::now();
+    server.stop();
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown waited {:?}",
+        stopping.elapsed()
+    );
+    let _ = pending.await;
+    assert_eq!(workers_running(pid), 0, "a compile worker outlived the server");
+}
+
+/// Compile workers of the server with process id `server` that are alive (not yet reaped).
+fn workers_running(server: u32) -> usize {
+    let Ok(processes) = std::fs::read_dir("/proc") else { return 0 };
+    processes
+        .filter_map(Result::ok)
+        .filter(|p| p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|p| {
+            // `pid (comm) state ppid …`: the fields after the command's closing parenthesis.
+            let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat.rsplit_once(") ").map_or("", |(_, rest)| rest).split(' ').collect();
+            fields.first() != Some(&"Z") && fields.get(1) == Some(&server.to_string().as_str())
+        })
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .filter(|cmdline| cmdline.split(|&b| b == 0).nth(1) == Some(&b"compile-worker"[..]))
+        .count()
+}

@@ -143,20 +143,30 @@ impl Platform {
         blocking(move || platform.registry.versions(&name).map_err(internal)).await
     }
 
-    /// Stores and validates an upload. Returns the artifact and whether it is new.
+    /// Validates, compiles and stores an upload. Returns the artifact and whether it is new.
+    /// Compiling runs in a bounded worker process; it is abandoned (and the worker killed) when
+    /// the uploader goes away or the server shuts down, so neither ever waits on a compile.
     pub async fn upload(self: &Arc<Self>, bytes: Bytes) -> Result<(ArtifactInfo, bool), Problem> {
+        let digest = amphi_store::artifacts::digest_of(&bytes);
+        let platform = self.clone();
+        let key = digest.clone();
+        if let Some(known) = blocking(move || platform.registry.artifact(&key).map_err(internal)).await? {
+            return Ok((known, false));
+        }
+        // Validate before anything is stored: a refused upload leaves nothing behind.
+        let refused = |e: amphi_wasm::PrepareError| match e {
+            amphi_wasm::PrepareError::Store(e) => internal(e),
+            refused => Problem::new(ProblemKind::UnprocessableEntity, refused.to_string()),
+        };
+        let mut shutdown = self.shutdown_signal();
+        let kind = tokio::select! {
+            prepared = self.wasm.prepare_upload(&digest, bytes.clone()) => prepared.map_err(refused)?,
+            _ = shutdown.wait_for(|stopping| *stopping) => {
+                return Err(Problem::new(ProblemKind::BackendUnavailable, "the server is shutting down"));
+            }
+        };
         let platform = self.clone();
         blocking(move || {
-            let digest = amphi_store::artifacts::digest_of(&bytes);
-            if let Some(known) = platform.registry.artifact(&digest).map_err(internal)? {
-                return Ok((known, false));
-            }
-            // Validate before anything is stored: a refused upload leaves nothing behind.
-            let refused = |e: amphi_wasm::PrepareError| match e {
-                amphi_wasm::PrepareError::Store(e) => internal(e),
-                refused => Problem::new(ProblemKind::UnprocessableEntity, refused.to_string()),
-            };
-            let kind = platform.wasm.prepare_upload(&digest, &bytes).map_err(refused)?;
             platform.artifacts.put(&bytes).map_err(internal)?;
             let info = ArtifactInfo { digest, kind, size: bytes.len() as u64 };
             platform.registry.add_artifact(&info).map_err(internal)?;

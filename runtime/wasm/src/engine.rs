@@ -34,6 +34,8 @@ pub struct WasmSettings {
     pub max_cgi_response_bytes: usize,
     /// Instances made ahead of their requests.
     pub ready: crate::ReadySettings,
+    /// How uploads are compiled (a worker process with limits).
+    pub compile: crate::compile::CompileSettings,
 }
 
 impl Default for WasmSettings {
@@ -45,6 +47,7 @@ impl Default for WasmSettings {
             cache_entries: 1000,
             max_cgi_response_bytes: 32 << 20,
             ready: crate::ReadySettings::default(),
+            compile: crate::compile::CompileSettings::default(),
         }
     }
 }
@@ -65,7 +68,9 @@ pub fn build(settings: &WasmSettings) -> wasmtime::Result<(Engine, bool)> {
     }
 }
 
-fn base_config(settings: &WasmSettings) -> Config {
+/// The engine configuration that decides what compiled code looks like; the compile worker
+/// builds its engine from it too.
+pub(crate) fn base_config(settings: &WasmSettings) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.memory_init_cow(true);

@@ -13,6 +13,7 @@
 //! per-store limiter.
 
 pub mod cgi;
+pub mod compile;
 pub mod engine;
 pub mod http;
 pub mod limits;
@@ -31,6 +32,7 @@ use amphi_store::artifacts::Artifacts;
 use bytes::Bytes;
 use wasmtime::{Engine, Store};
 
+pub use compile::CompileSettings;
 pub use engine::WasmSettings;
 pub use prepare::PrepareError;
 use prepare::{Prepared, Preparer};
@@ -75,6 +77,8 @@ pub struct WasmBackend {
     ready: Arc<ReadyInstances>,
     settings: WasmSettings,
     pooling: bool,
+    /// Compilations that may run at once.
+    compiling: tokio::sync::Semaphore,
 }
 
 impl WasmBackend {
@@ -85,13 +89,37 @@ impl WasmBackend {
         let preparer = Preparer::new(engine, artifacts, settings.cache_entries)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         let ready = Arc::new(ReadyInstances::new(settings.ready));
-        Ok(Self { preparer: Arc::new(preparer), ready, settings, pooling })
+        let compiling =
+            tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from));
+        Ok(Self { preparer: Arc::new(preparer), ready, settings, pooling, compiling })
     }
 
-    /// Validates and compiles an upload already stored under `digest`; returns its kind.
-    /// Blocking: call it off the async threads.
-    pub fn prepare_upload(&self, digest: &str, bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
-        self.preparer.prepare_upload(digest, bytes)
+    /// Validates and compiles an upload to be stored under `digest`, and stores its compiled
+    /// code; returns its kind. Compiling runs in a worker process within the limits of
+    /// [`CompileSettings`]: dropping the future kills it. At most one compilation per CPU runs
+    /// at once; the others wait.
+    pub async fn prepare_upload(
+        &self,
+        digest: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<ArtifactKind, PrepareError> {
+        let kind = Preparer::detect_kind(&bytes)?;
+        let preparer = self.preparer.clone();
+        let key = digest.to_string();
+        if run_blocking(move || preparer.has_compiled(&key)).await? {
+            return Ok(kind);
+        }
+        let _slot = self.compiling.acquire().await.map_err(|e| PrepareError::Invalid(e.to_string()))?;
+        let code = match &self.settings.compile.worker {
+            Some(worker) => compile::compile_in_worker(worker, &self.settings, kind, &bytes).await?,
+            None => {
+                let preparer = self.preparer.clone();
+                run_blocking(move || preparer.compile_here(kind, &bytes)).await?
+            }
+        };
+        let (preparer, digest) = (self.preparer.clone(), digest.to_string());
+        run_blocking(move || preparer.accept_compiled(&digest, kind, &code)).await?;
+        Ok(kind)
     }
 
     /// Checks what of a function's config depends on this backend.
@@ -218,4 +246,13 @@ fn deadline_exceeded(invocation: &Invocation) -> BackendError {
             invocation.function.config.timeout_ms
         ),
     )
+}
+
+/// Runs blocking preparation work off the async threads.
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, PrepareError> + Send + 'static,
+) -> Result<T, PrepareError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(PrepareError::Invalid(format!("the preparation task failed: {e}"))))
 }

@@ -40,6 +40,9 @@ pub enum PrepareError {
     /// Valid wasm that does not speak the contract (missing export, unknown imports).
     #[error("{0}")]
     Unsupported(String),
+    /// Compiling it went past a limit of this server (CPU time, memory).
+    #[error("{0}")]
+    Refused(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -92,7 +95,7 @@ impl Preparer {
     }
 
     /// Detects how `bytes` speak the contract, without compiling.
-    fn detect_kind(bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
+    pub fn detect_kind(bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
         if Parser::is_component(bytes) {
             Ok(ArtifactKind::WasiHttpComponent)
         } else if Parser::is_core_wasm(bytes) {
@@ -102,17 +105,33 @@ impl Preparer {
         }
     }
 
-    /// Validates and compiles an upload stored under `digest`, and stores its compiled code.
-    /// Blocking (compiling takes milliseconds to seconds): call it off the async threads.
-    pub fn prepare_upload(&self, digest: &str, bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
-        let kind = Self::detect_kind(bytes)?;
-        let key = self.compiled_key(digest)?;
-        if !self.artifacts.has_compiled(&key)? {
-            let prepared = self.compile(kind, bytes)?;
-            self.artifacts.put_compiled(&key, &prepared.1)?;
-            self.ready.insert(digest.to_string(), Arc::new(prepared.0));
+    /// Whether compiled code for `digest` is stored already (a re-upload). Blocking (a stat).
+    pub fn has_compiled(&self, digest: &str) -> Result<bool, PrepareError> {
+        Ok(self.artifacts.has_compiled(&self.compiled_key(digest)?)?)
+    }
+
+    /// Compiles `bytes` in this process, without limits; returns the serialized code. Blocking.
+    pub fn compile_here(&self, kind: ArtifactKind, bytes: &[u8]) -> Result<Vec<u8>, PrepareError> {
+        let invalid = |e: wasmtime::Error| PrepareError::Invalid(format!("{e:#}"));
+        match kind {
+            ArtifactKind::WasiHttpComponent => {
+                Component::new(&self.engine, bytes).and_then(|c| c.serialize()).map_err(invalid)
+            }
+            ArtifactKind::CgiModule => {
+                Module::new(&self.engine, bytes).and_then(|m| m.serialize()).map_err(invalid)
+            }
+            ArtifactKind::ContainerImage => Err(not_wasm()),
         }
-        Ok(kind)
+    }
+
+    /// Checks compiled `code` of an upload under `digest` (it loads and links: the contract's
+    /// exports and only imports Amphi provides) and stores it. Blocking.
+    pub fn accept_compiled(&self, digest: &str, kind: ArtifactKind, code: &[u8]) -> Result<(), PrepareError> {
+        self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+        let prepared = self.deserialize(kind, code)?;
+        self.artifacts.put_compiled(&self.compiled_key(digest)?, code)?;
+        self.ready.insert(digest.to_string(), Arc::new(prepared));
+        Ok(())
     }
 
     /// The ready form of an artifact: from the cache, else from compiled code on disk, else
@@ -169,9 +188,10 @@ impl Preparer {
     #[allow(unsafe_code)]
     fn deserialize(&self, kind: ArtifactKind, code: &[u8]) -> Result<Prepared, PrepareError> {
         let invalid = |e: wasmtime::Error| PrepareError::Invalid(format!("{e:#}"));
-        // SAFETY: `code` was produced by `serialize` of this engine's configuration (the key names
-        // the engine's compatibility hash) and read from Amphi's own data directory, which only
-        // Amphi writes; wasmtime additionally checks the header and the engine compatibility.
+        // SAFETY: `code` was produced by `serialize` of an engine with this configuration, by
+        // Amphi itself: in this process, or in its own compile worker (`crate::compile`), and
+        // read from Amphi's own data directory, which only Amphi writes. wasmtime additionally
+        // checks the header and the engine's compatibility hash.
         match kind {
             ArtifactKind::WasiHttpComponent => {
                 let component = unsafe { Component::deserialize(&self.engine, code) }.map_err(invalid)?;

@@ -44,10 +44,10 @@ impl Harness {
         Self { _temp: temp, artifacts, backend, sink: Arc::default() }
     }
 
-    fn deploy(&self, path: &str, config: FunctionConfig) -> Arc<FunctionVersion> {
+    async fn deploy(&self, path: &str, config: FunctionConfig) -> Arc<FunctionVersion> {
         let bytes = std::fs::read(path).expect("guest built");
         let digest = self.artifacts.put(&bytes).expect("put");
-        let kind = self.backend.prepare_upload(&digest, &bytes).expect("prepare");
+        let kind = self.backend.prepare_upload(&digest, bytes.into()).await.expect("prepare");
         Arc::new(FunctionVersion { name: "f".into(), version: 1, digest, kind, config, created_at_ms: 0 })
     }
 
@@ -96,7 +96,8 @@ impl Harness {
 #[tokio::test]
 async fn component_says_hello_echoes_and_logs() {
     let harness = Harness::new();
-    let function = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, FunctionConfig::default());
+    let function =
+        harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, FunctionConfig::default()).await;
     assert_eq!(function.kind, ArtifactKind::WasiHttpComponent);
 
     let (status, _, body) = harness.call(&function, "GET", "/", b"").await.expect("hello");
@@ -125,7 +126,7 @@ async fn ready_instances_serve_one_call_each_and_follow_a_new_version() {
         env: [("VERSION_TAG".to_string(), tag.to_string())].into(),
         ..FunctionConfig::default()
     };
-    let v1 = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, env("one"));
+    let v1 = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, env("one")).await;
     for _ in 0..20 {
         let (status, _, body) = harness.call(&v1, "GET", "/state", b"").await.expect("call");
         assert_eq!((status, &body[..]), (200, &b"1"[..]), "every call sees a fresh instance");
@@ -152,7 +153,7 @@ async fn ready_instances_serve_one_call_each_and_follow_a_new_version() {
 async fn component_failures_are_classified() {
     let harness = Harness::new();
     let config = FunctionConfig { timeout_ms: 300, memory_bytes: 16 << 20, ..Default::default() };
-    let function = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, config);
+    let function = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, config).await;
 
     let trap = harness.call(&function, "GET", "/trap", b"").await.expect_err("traps");
     assert_eq!(trap.kind.status(), 502, "{trap}");
@@ -173,7 +174,7 @@ async fn component_failures_are_classified() {
 #[tokio::test]
 async fn cgi_modules_in_rust_and_c() {
     let harness = Harness::new();
-    let rust = harness.deploy(amphi_guest_artifacts::RUST_CGI_MODULE, FunctionConfig::default());
+    let rust = harness.deploy(amphi_guest_artifacts::RUST_CGI_MODULE, FunctionConfig::default()).await;
     assert_eq!(rust.kind, ArtifactKind::CgiModule);
     let (status, headers, body) =
         harness.call(&rust, "POST", "/echo?q=%20a", b"payload").await.expect("echo");
@@ -185,7 +186,7 @@ async fn cgi_modules_in_rust_and_c() {
     let trap = harness.call(&rust, "GET", "/trap", b"").await.expect_err("traps");
     assert_eq!(trap.kind.status(), 502);
 
-    let c = harness.deploy(amphi_guest_artifacts::C_CGI_MODULE, FunctionConfig::default());
+    let c = harness.deploy(amphi_guest_artifacts::C_CGI_MODULE, FunctionConfig::default()).await;
     let (status, headers, body) = harness.call(&c, "POST", "/x?y=1", b"tail").await.expect("c echo");
     assert_eq!(status, 200);
     assert_eq!(headers["x-powered-by"], "wasi-libc");
@@ -202,7 +203,11 @@ async fn uploads_that_are_not_functions_are_refused() {
         (&b"\0asm\x01\0\0\0"[..], "no `_start`"),
     ] {
         let digest = harness.artifacts.put(bytes).expect("put");
-        let error = harness.backend.prepare_upload(&digest, bytes).expect_err("refused");
+        let error = harness
+            .backend
+            .prepare_upload(&digest, bytes::Bytes::from_static(bytes))
+            .await
+            .expect_err("refused");
         assert!(error.to_string().contains(expected), "{error}");
     }
 }

@@ -85,6 +85,11 @@ impl TestServer {
         }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn fn_url(&self, name: &str, path: &str) -> String {
         format!("{}/fn/{name}{path}", self.url)
     }
