@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// The largest memory limit a wasm function may ask for.
     #[arg(long, default_value = "512MiB", value_parser = parse_bytes)]
     wasm_max_memory: u64,
+    /// Linear memory all wasm calls may hold together (a grow past it gets the call 503);
+    /// default: half of this machine's memory.
+    #[arg(long, value_parser = parse_bytes)]
+    wasm_memory_budget: Option<u64>,
     /// Wasm instances alive at once (pooling allocator slots).
     #[arg(long, default_value_t = 1000)]
     wasm_pool_instances: u32,
@@ -84,6 +88,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_files_limit();
     let mut config = ServeConfig::new(args.listen, args.data.clone());
     config.token = std::env::var("AMPHI_TOKEN").ok().filter(|t| !t.is_empty());
     config.max_body_bytes = args.max_body;
@@ -100,6 +105,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.wasm.pool_instances = args.wasm_pool_instances;
     config.wasm.guard_pages = args.wasm_guard_pages;
     config.wasm.ready.per_function = args.wasm_ready_instances;
+    config.wasm.memory_budget_bytes = match args.wasm_memory_budget {
+        Some(bytes) => bytes,
+        None => half_of_the_machine()
+            .context("cannot read this machine's memory size; give --wasm-memory-budget")?,
+    };
     config.wasm.compile.timeout = args.compile_timeout;
     config.wasm.compile.memory_bytes = args.compile_memory;
     // Uploads are compiled by this very binary, as a worker process with those limits.
@@ -118,6 +128,39 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     println!("  functions: http://{addr}/fn/NAME    admin API: http://{addr}/v1");
     server.run(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every connection, container socket and log database takes a file descriptor; the usual soft
+/// limit of 1024 would refuse connections long before the machine is busy. Raises the soft limit
+/// to the hard one, and says so when even that is low.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else { return };
+    let target = hard.unwrap_or(1 << 20);
+    if soft < target {
+        match setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(target), maximum: hard }) {
+            Ok(()) => tracing::info!(from = soft, to = target, "raised the open-files limit"),
+            Err(error) => tracing::warn!(%error, soft, "cannot raise the open-files limit"),
+        }
+    }
+    if target < 4096 {
+        tracing::warn!(
+            limit = target,
+            "the open-files limit is low: connections beyond it will be refused (raise the hard limit, ulimit -Hn)"
+        );
+    }
+}
+
+/// Half of the machine's physical memory (`MemTotal` in /proc/meminfo).
+fn half_of_the_machine() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    Ok(kib * 1024 / 2)
 }
 
 async fn shutdown_signal() {

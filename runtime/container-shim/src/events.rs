@@ -7,7 +7,8 @@
 //! `{"type":"exit","code":N,"oom":bool}`: the function's process ended (`oom`: the kernel killed
 //! a process of the container for memory); the instance is going away.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,7 +35,6 @@ pub struct Events {
     state: Mutex<State>,
     exit: watch::Sender<Option<u8>>,
     queued_log_bytes: Arc<AtomicUsize>,
-    dropped_lines: AtomicU64,
 }
 
 struct State {
@@ -42,6 +42,8 @@ struct State {
     /// Taken by the gateway's one events connection; events wait in the channel until then.
     receiver: Option<mpsc::UnboundedReceiver<Queued>>,
     in_flight: Vec<String>,
+    /// Lines dropped since the queue was last below its budget, by the invocation they belong to.
+    dropped: HashMap<String, u64>,
 }
 
 /// The receiving end of the events, for the gateway's connection.
@@ -68,10 +70,14 @@ impl Default for Events {
     fn default() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         Self {
-            state: Mutex::new(State { sender, receiver: Some(receiver), in_flight: Vec::new() }),
+            state: Mutex::new(State {
+                sender,
+                receiver: Some(receiver),
+                in_flight: Vec::new(),
+                dropped: HashMap::new(),
+            }),
             exit: watch::Sender::new(None),
             queued_log_bytes: Arc::new(AtomicUsize::new(0)),
-            dropped_lines: AtomicU64::new(0),
         }
     }
 }
@@ -91,21 +97,19 @@ impl Events {
         let _ = state.sender.send(Queued { line: ndjson(&event), log: false });
     }
 
-    /// Queues a log event unless the queue is over its budget; says, once there is room again,
-    /// how many lines were dropped meanwhile.
-    fn send_log(&self, state: &State, invocation: &str, stream: &str, line: &str) {
+    /// Queues a log event unless the queue is over its budget; once there is room again, says
+    /// how many lines each invocation lost meanwhile, in that invocation's log.
+    fn send_log(&self, state: &mut State, invocation: &str, stream: &str, line: &str) {
         let event = json!({"type": "log", "invocation": invocation, "stream": stream, "line": line});
         let line = ndjson(&event);
         if self.queued_log_bytes.load(Ordering::Relaxed) + line.len() > MAX_QUEUED_LOG_BYTES {
-            self.dropped_lines.fetch_add(1, Ordering::Relaxed);
+            *state.dropped.entry(invocation.to_string()).or_default() += 1;
             return;
         }
-        let dropped = self.dropped_lines.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
+        for (lost, count) in state.dropped.drain() {
             let note =
-                format!("amphi-shim: dropped {dropped} lines of output the gateway could not take in time");
-            let note =
-                ndjson(&json!({"type": "log", "invocation": invocation, "stream": "stderr", "line": note}));
+                format!("amphi-shim: dropped {count} lines of output the gateway could not take in time");
+            let note = ndjson(&json!({"type": "log", "invocation": lost, "stream": "stderr", "line": note}));
             self.queued_log_bytes.fetch_add(note.len(), Ordering::Relaxed);
             let _ = state.sender.send(Queued { line: note, log: true });
         }
@@ -117,15 +121,15 @@ impl Events {
     /// (`amphi-invocation=ID text`) goes to that call, prefix removed; any other line to the call
     /// in flight if exactly one is.
     pub fn log(&self, stream: &str, line: &str) {
-        let state = self.state();
+        let mut state = self.state();
         let (invocation, line) = match split_attribution(line) {
-            Some((id, text)) if state.in_flight.iter().any(|call| call == id) => (id, text),
+            Some((id, text)) if state.in_flight.iter().any(|call| call == id) => (id.to_string(), text),
             _ => match state.in_flight.as_slice() {
-                [only] => (only.as_str(), line),
-                _ => ("", line),
+                [only] => (only.clone(), line),
+                _ => (String::new(), line),
             },
         };
-        self.send_log(&state, invocation, stream, line);
+        self.send_log(&mut state, &invocation, stream, line);
     }
 
     /// A line written by the process serving `invocation` alone (CGI).
@@ -134,8 +138,8 @@ impl Events {
             Some((id, text)) if id == invocation => text,
             _ => line,
         };
-        let state = self.state();
-        self.send_log(&state, invocation, stream, line);
+        let mut state = self.state();
+        self.send_log(&mut state, invocation, stream, line);
     }
 
     /// The function is ready for calls.

@@ -201,7 +201,7 @@ impl Default for FunctionConfig {
             memory_bytes: 128 << 20,
             env: BTreeMap::new(),
             concurrency: 100,
-            queue_timeout_ms: 1000,
+            queue_timeout_ms: 10_000,
             allowed_outbound_hosts: Vec::new(),
             container: ContainerConfig::default(),
         }

@@ -286,6 +286,8 @@ fn stats(platform: &Platform) -> Response<ResponseBody> {
                 "instance_mean_ns": wasm.instance_mean_ns,
                 "ready_hits": wasm.ready_hits,
                 "ready_misses": wasm.ready_misses,
+                "memory_budget_bytes": wasm.memory_budget_bytes,
+                "memory_in_use_bytes": wasm.memory_in_use_bytes,
             },
             "logs": { "lines_stored": platform.logs.lines_stored(), "dropped": platform.logs.dropped() },
         }),

@@ -1,8 +1,9 @@
 //! Amphi's embedded storage, in one data directory. Nothing to install.
 //!
-//! - [`DataDir`]: the directory, opened once as a cap-std [`Dir`](cap_std::fs::Dir); every file
-//!   Amphi reads or writes under it goes through that handle, so no function name, digest or key
-//!   can reach outside it.
+//! - [`DataDir`]: the directory, private to Amphi's user, opened once as a cap-std
+//!   [`Dir`](cap_std::fs::Dir); artifacts, compiled code and small files go through that handle,
+//!   so no function name, digest or key can reach outside it. SQLite opens its databases by path
+//!   (it has no directory-relative open), at fixed names the handle created first.
 //! - [`artifacts`]: content-addressed blobs (uploaded wasm) and the compiled-code cache.
 //! - [`registry`]: functions and their versions (SQLite, durable before a deploy is acknowledged).
 //! - [`logs`]: the log store for every backend: invocation records and log lines, written in

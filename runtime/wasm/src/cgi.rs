@@ -38,6 +38,8 @@ pub async fn invoke(
     request: http::Request<Bytes>,
     code_load: Option<Duration>,
     max_response_bytes: usize,
+    budget: std::sync::Arc<crate::limits::MemoryBudget>,
+    guests: std::sync::Arc<crate::offload::GuestPool>,
 ) -> Result<BackendResponse, BackendError> {
     let init_started = Instant::now();
     let config = &invocation.function.config;
@@ -58,18 +60,27 @@ pub async fn invoke(
         .stdin(MemoryInputPipe::new(body))
         .stdout(stdout.clone())
         .stderr(stderr);
-    let state =
-        CgiState { wasi: wasi.build_p1(), limits: CallLimits::new(config.memory_bytes, invocation.deadline) };
+    let state = CgiState {
+        wasi: wasi.build_p1(),
+        limits: CallLimits::new(config.memory_bytes, invocation.deadline, budget),
+    };
     let mut store = new_store(pre.module().engine(), state, |s| &mut s.limits);
 
-    let mut init = None;
-    let run = async {
-        let instance = pre.instantiate_async(&mut store).await;
-        init = Some(code_load.unwrap_or_default() + init_started.elapsed());
-        let start = instance?.get_typed_func::<(), ()>(&mut store, "_start")?;
-        start.call_async(&mut store, ()).await
+    let deadline = tokio::time::Instant::from_std(invocation.deadline);
+    let long_running = store.data().limits.long_running.clone();
+    // The guest owns its store while it runs, so it can move to the guest pool.
+    let run = async move {
+        let mut init = None;
+        let called = async {
+            let instance = pre.instantiate_async(&mut store).await;
+            init = Some(code_load.unwrap_or_default() + init_started.elapsed());
+            let start = instance?.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        };
+        let result = tokio::time::timeout_at(deadline, called).await;
+        (store, init, result)
     };
-    let result = tokio::time::timeout_at(tokio::time::Instant::from_std(invocation.deadline), run).await;
+    let (store, init, result) = guests.run(long_running, run).await;
     let failure = match result {
         Ok(Ok(())) => None,
         Ok(Err(error)) => match error.downcast_ref::<I32Exit>() {

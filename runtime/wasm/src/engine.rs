@@ -34,6 +34,9 @@ pub struct WasmSettings {
     pub max_cgi_response_bytes: usize,
     /// Instances made ahead of their requests.
     pub ready: crate::ReadySettings,
+    /// Linear memory all wasm instances may hold together; a grow past it is refused and the
+    /// call gets 503.
+    pub memory_budget_bytes: u64,
     /// How uploads are compiled (a worker process with limits).
     pub compile: crate::compile::CompileSettings,
 }
@@ -48,6 +51,7 @@ impl Default for WasmSettings {
             max_cgi_response_bytes: 32 << 20,
             ready: crate::ReadySettings::default(),
             compile: crate::compile::CompileSettings::default(),
+            memory_budget_bytes: u64::MAX,
         }
     }
 }

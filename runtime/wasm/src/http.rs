@@ -96,6 +96,7 @@ impl WasiHttpHooks for OutboundPolicy {
 pub async fn invoke(
     pre: ProxyPre<HttpState>,
     instances: Arc<ReadyInstances>,
+    guests: Arc<crate::offload::GuestPool>,
     invocation: Invocation,
     request: http::Request<Bytes>,
     code_load: Option<Duration>,
@@ -111,7 +112,14 @@ pub async fn invoke(
         }
         None => {
             let output = OutputTarget::bound(invocation.log.clone());
-            (new_http_store(pre.engine(), &invocation.function, &output, invocation.deadline), None)
+            let store = new_http_store(
+                pre.engine(),
+                &invocation.function,
+                &output,
+                invocation.deadline,
+                &instances.budget,
+            );
+            (store, None)
         }
     };
 
@@ -145,24 +153,31 @@ pub async fn invoke(
     let start = if code_load.is_some() { StartKind::Cold } else { StartKind::Warm };
     // Until the response head is handed over, the caller going away (this future dropped) stops
     // the guest; its invocation then records the call as abandoned.
+    let long_running = store.data().limits.long_running.clone();
     let mut guest = AbortOnDrop(Some(tokio::spawn(async move {
         let deadline = tokio::time::Instant::from_std(invocation.deadline);
-        let mut init = None;
-        let run = async {
-            let proxy = match ready_proxy {
-                Some(proxy) => Ok(proxy),
-                None => {
-                    let proxy = pre.instantiate_async(&mut store).await;
-                    instances.stats.made_since(init_started);
-                    proxy
-                }
+        let (pre_for_run, stats) = (pre.clone(), instances.stats.clone());
+        // The guest owns its store while it runs, so it can move to the guest pool.
+        let run = async move {
+            let mut init = None;
+            let called = async {
+                let proxy = match ready_proxy {
+                    Some(proxy) => Ok(proxy),
+                    None => {
+                        let proxy = pre_for_run.instantiate_async(&mut store).await;
+                        stats.made_since(init_started);
+                        proxy
+                    }
+                };
+                let ready = code_load.unwrap_or_default() + init_started.elapsed();
+                init = Some(ready);
+                let _ = init_tx.send(ready);
+                proxy?.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
             };
-            let ready = code_load.unwrap_or_default() + init_started.elapsed();
-            init = Some(ready);
-            let _ = init_tx.send(ready);
-            proxy?.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
+            let result = tokio::time::timeout_at(deadline, called).await;
+            (store, init, result)
         };
-        let result = tokio::time::timeout_at(deadline, run).await;
+        let (store, init, result) = guests.run(long_running, run).await;
         let failure = match result {
             Ok(Ok(())) => None,
             Ok(Err(trap)) => Some(classify_failure(&trap, &store.data().limits, &invocation)),
@@ -241,6 +256,7 @@ pub(crate) fn new_http_store(
     function: &FunctionVersion,
     output: &OutputTarget,
     deadline: Instant,
+    budget: &Arc<crate::limits::MemoryBudget>,
 ) -> Store<HttpState> {
     let config = &function.config;
     let (stdout, stderr) = output.streams();
@@ -251,7 +267,7 @@ pub(crate) fn new_http_store(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         outbound: OutboundPolicy { allowed_hosts: config.allowed_outbound_hosts.clone().into() },
-        limits: CallLimits::new(config.memory_bytes, deadline),
+        limits: CallLimits::new(config.memory_bytes, deadline, budget.clone()),
     };
     new_store(engine, state, |s| &mut s.limits)
 }

@@ -17,6 +17,7 @@ pub mod compile;
 pub mod engine;
 pub mod http;
 pub mod limits;
+pub mod offload;
 pub mod output;
 pub mod prepare;
 pub mod ready;
@@ -69,6 +70,10 @@ pub struct WasmStats {
     pub ready_hits: u64,
     /// Calls that made their instance on the request path.
     pub ready_misses: u64,
+    /// The server's wasm memory budget, in bytes.
+    pub memory_budget_bytes: u64,
+    /// Linear memory charged to it now, in bytes.
+    pub memory_in_use_bytes: u64,
 }
 
 /// The wasm backend.
@@ -79,6 +84,8 @@ pub struct WasmBackend {
     pooling: bool,
     /// Compilations that may run at once.
     compiling: tokio::sync::Semaphore,
+    /// Where long-running guests move, off the serving threads.
+    guests: Arc<offload::GuestPool>,
 }
 
 impl WasmBackend {
@@ -88,10 +95,16 @@ impl WasmBackend {
         engine::start_epoch_ticker(&engine)?;
         let preparer = Preparer::new(engine, artifacts, settings.cache_entries)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        let ready = Arc::new(ReadyInstances::new(settings.ready));
+        let budget = Arc::new(limits::MemoryBudget::new(settings.memory_budget_bytes));
+        let ready = Arc::new(ReadyInstances::new(settings.ready, budget));
         let compiling =
             tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from));
-        Ok(Self { preparer: Arc::new(preparer), ready, settings, pooling, compiling })
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let guests = Arc::new(
+            offload::GuestPool::new(threads)
+                .map_err(|e| WasmError::Engine(format!("cannot start the guest threads: {e}")))?,
+        );
+        Ok(Self { preparer: Arc::new(preparer), ready, settings, pooling, compiling, guests })
     }
 
     /// Validates and compiles an upload to be stored under `digest`, and stores its compiled
@@ -144,6 +157,8 @@ impl WasmBackend {
             ready_hits: instances.ready_hits.load(Ordering::Relaxed),
             ready_misses: instances.ready_misses.load(Ordering::Relaxed),
             pooling_allocator: self.pooling,
+            memory_budget_bytes: self.ready.budget.limit(),
+            memory_in_use_bytes: self.ready.budget.used(),
             compiled: self.preparer.stats.compiled.load(Ordering::Relaxed),
             loaded_from_disk: self.preparer.stats.loaded_from_disk.load(Ordering::Relaxed),
         }
@@ -163,6 +178,8 @@ impl Backend for WasmBackend {
         let preparer = self.preparer.clone();
         let ready = self.ready.clone();
         let max_cgi_response = self.settings.max_cgi_response_bytes;
+        let budget = self.ready.budget.clone();
+        let guests = self.guests.clone();
         Box::pin(async move {
             let (prepared, code_load) = match preparer.cached(&invocation.function.digest) {
                 Some(prepared) => (prepared, None),
@@ -192,9 +209,12 @@ impl Backend for WasmBackend {
                 }
             };
             match &*prepared {
-                Prepared::Http(pre) => http::invoke(pre.clone(), ready, invocation, request, code_load).await,
+                Prepared::Http(pre) => {
+                    http::invoke(pre.clone(), ready, guests, invocation, request, code_load).await
+                }
                 Prepared::Cgi(pre) => {
-                    cgi::invoke(pre.clone(), invocation, request, code_load, max_cgi_response).await
+                    cgi::invoke(pre.clone(), invocation, request, code_load, max_cgi_response, budget, guests)
+                        .await
                 }
             }
         })
@@ -223,6 +243,15 @@ fn classify_failure(error: &wasmtime::Error, limits: &CallLimits, invocation: &I
         return deadline_exceeded(invocation);
     }
     invocation.log.platform_line(&format!("{error:?}"));
+    if limits.budget_exceeded {
+        return BackendError::new(
+            ProblemKind::BackendUnavailable,
+            format!(
+                "the server's wasm memory budget of {} is taken by other calls (serve --wasm-memory-budget)",
+                amphi_contract::size::format_bytes(limits.budget().limit())
+            ),
+        );
+    }
     if limits.memory_exceeded {
         return BackendError::new(
             ProblemKind::FunctionFailed,

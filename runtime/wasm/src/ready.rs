@@ -90,20 +90,22 @@ pub struct ReadyInstances {
     functions: moka::sync::Cache<String, Arc<FunctionReady>>,
     /// How instances were made.
     pub stats: Arc<InstanceStats>,
+    /// The server's wasm memory budget, which every instance (ready or not) is charged to.
+    pub budget: Arc<crate::limits::MemoryBudget>,
     /// Tells the sweeper thread to end.
     stop: Arc<AtomicBool>,
 }
 
 impl ReadyInstances {
     /// An empty set, and its sweeper thread.
-    pub fn new(settings: ReadySettings) -> Self {
+    pub fn new(settings: ReadySettings, budget: Arc<crate::limits::MemoryBudget>) -> Self {
         let functions =
             moka::sync::Cache::builder().max_capacity(settings.functions).time_to_idle(settings.idle).build();
         let stop = Arc::new(AtomicBool::new(false));
         if settings.per_function > 0 {
             spawn_sweeper(functions.clone(), settings.idle, stop.clone());
         }
-        Self { settings, functions, stats: Arc::default(), stop }
+        Self { settings, functions, stats: Arc::default(), budget, stop }
     }
 
     /// Functions holding ready instances (after the last sweep).
@@ -137,12 +139,14 @@ impl ReadyInstances {
         }
         let per_function = self.settings.per_function;
         let (stats, function, pre) = (self.stats.clone(), function.clone(), pre.clone());
+        let budget = self.budget.clone();
         tokio::spawn(async move {
             while entry.instances.lock().unwrap_or_else(PoisonError::into_inner).len() < per_function {
                 let started = Instant::now();
                 let output = OutputTarget::pending();
                 let deadline = Instant::now() + function.config.timeout();
-                let mut store = crate::http::new_http_store(pre.engine(), &function, &output, deadline);
+                let mut store =
+                    crate::http::new_http_store(pre.engine(), &function, &output, deadline, &budget);
                 match pre.instantiate_async(&mut store).await {
                     Ok(proxy) => {
                         stats.made_since(started);
@@ -221,7 +225,7 @@ mod tests {
     #[test]
     fn an_uncalled_function_loses_its_ready_instances_without_any_other_call() {
         let settings = ReadySettings { idle: Duration::from_millis(100), ..Default::default() };
-        let ready = ReadyInstances::new(settings);
+        let ready = ReadyInstances::new(settings, Arc::new(crate::limits::MemoryBudget::new(u64::MAX)));
         let function = FunctionVersion {
             name: "f".into(),
             version: 1,
