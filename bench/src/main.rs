@@ -14,6 +14,7 @@ mod logstore;
 mod mixed;
 mod report;
 mod servers;
+mod spinning;
 mod wasm;
 
 use std::net::SocketAddr;
@@ -58,6 +59,8 @@ enum Command {
     },
     /// §4: wasm calls while slow container calls are in flight.
     Mixed(RunArgs),
+    /// §4b: the wasm hello while wasm guests spin in endless loops.
+    Spinning(RunArgs),
     /// §5: thousands of wasm functions on one gateway.
     Density(RunArgs),
     /// §6: log ingestion while serving, and the last-100-lines query on a full store.
@@ -142,6 +145,7 @@ fn main() -> Result<()> {
             multi_thread()?.block_on(run(args, &["containers"], &example))
         }
         Command::Mixed(args) => multi_thread()?.block_on(run(args, &["mixed"], DEFAULT_EXAMPLE)),
+        Command::Spinning(args) => multi_thread()?.block_on(run(args, &["spinning"], DEFAULT_EXAMPLE)),
         Command::Density(args) => multi_thread()?.block_on(run(args, &["density"], DEFAULT_EXAMPLE)),
         Command::Logs(args) => multi_thread()?.block_on(run(args, &["logs"], DEFAULT_EXAMPLE)),
     }
@@ -151,7 +155,8 @@ fn main() -> Result<()> {
 const DEFAULT_EXAMPLE: &str = "python-http";
 
 /// Every section, in the order `all` runs them.
-const SECTIONS: [&str; 7] = ["wasm", "choices", "startup", "containers", "mixed", "density", "logs"];
+const SECTIONS: [&str; 8] =
+    ["wasm", "choices", "startup", "containers", "mixed", "spinning", "density", "logs"];
 
 async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
     load::require_wrk()?;
@@ -168,6 +173,7 @@ async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
             "startup" => wasm::startup(&plan).await,
             "containers" => containers::run(&plan, example).await,
             "mixed" => mixed::run(&plan).await,
+            "spinning" => spinning::run(&plan).await,
             "density" => density::run(&plan).await,
             _ => logstore::run(&plan).await,
         }

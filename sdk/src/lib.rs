@@ -25,7 +25,9 @@
 //! multi-threaded tokio runtime (its future must be `Send`); a sync handler runs on tokio's
 //! blocking pool, so it may block. On wasm both run on the one thread of the instance; an async
 //! handler is driven to completion there, and can await futures of its own, not a native runtime's
-//! timers or sockets.
+//! timers or sockets: one that waits on something nothing in the instance can wake stops the call
+//! with a message saying so (a 502 with the reason in the log), rather than spinning until its
+//! timeout.
 //!
 //! The invocation contract the platform keeps (metadata, limits, errors, logs) is `CONTRACT.md` at
 //! the root of the Amphi repository. What the SDK adds to it:
@@ -39,6 +41,8 @@ mod invocation;
 mod request;
 mod response;
 
+#[cfg(any(target_family = "wasm", test))]
+mod executor;
 #[cfg(not(target_family = "wasm"))]
 mod native;
 #[cfg(target_family = "wasm")]

@@ -2,8 +2,6 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use wasip2::http::types::{
@@ -31,13 +29,7 @@ pub fn handle_incoming(
 
 /// Drives an async handler to completion on the instance's one thread.
 pub fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut context = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
-            return output;
-        }
-    }
+    crate::executor::block_on(future)
 }
 
 /// Makes the function's configured environment visible through `std::env`, as it is natively.

@@ -516,3 +516,165 @@ async fn a_thousand_connections_on_a_default_function_are_all_served() {
         &failures[..failures.len().min(5)]
     );
 }
+
+/// The reliability suite, crash: deploys and PATCHes run in a loop while the server is killed
+/// with SIGKILL at random moments, 10 times. After every restart each deploy that was answered
+/// 2xx is there (at least at that version) and callable, and both stores pass SQLite's
+/// integrity check.
+#[tokio::test]
+async fn acknowledged_deploys_survive_kill_9_at_random_moments() {
+    use rand::Rng as _;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let wasm = std::fs::read(amphi_guest_artifacts::C_CGI_MODULE).expect("guest built");
+    // name → the highest version acknowledged for it.
+    let mut acknowledged: std::collections::BTreeMap<String, u64> = Default::default();
+    for round in 0..10 {
+        let mut server = TestServer::start(temp.path());
+        let upload =
+            server.admin(Method::POST, "/artifacts").body(wasm.clone()).send().await.expect("upload");
+        assert!(upload.status().is_success());
+        let digest = upload.json::<Value>().await.expect("json")["digest"].clone();
+        let killer = {
+            let pid = server.pid().expect("running");
+            let after = std::time::Duration::from_millis(rand::rng().random_range(50..400));
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            })
+        };
+        // Bounded: 200 writes at most; the kill ends it much sooner.
+        for i in 0..200 {
+            let name = format!("f{}", i % 5);
+            let request = if i % 2 == 0 {
+                server
+                    .admin(Method::PUT, &format!("/functions/{name}"))
+                    .json(&json!({ "digest": digest, "config": { "env": { "ROUND": round.to_string() } } }))
+            } else {
+                server
+                    .admin(Method::PATCH, &format!("/functions/{name}"))
+                    .json(&json!({ "env": { "I": i.to_string() } }))
+            };
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    let version = response.json::<Value>().await.ok().and_then(|v| v["version"].as_u64());
+                    if let Some(version) = version {
+                        let best = acknowledged.entry(name).or_default();
+                        *best = (*best).max(version);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break, // the server is gone
+            }
+        }
+        killer.await.expect("killer");
+        server.kill();
+
+        let server = TestServer::start(temp.path());
+        for (name, version) in &acknowledged {
+            let described: Value = server
+                .admin(Method::GET, &format!("/functions/{name}"))
+                .send()
+                .await
+                .expect("describe")
+                .json()
+                .await
+                .expect("json");
+            let now = described["function"]["version"].as_u64().unwrap_or(0);
+            assert!(now >= *version, "round {round}: {name} acknowledged at v{version}, now v{now}");
+            let call = server.get(name, "/request").await;
+            assert_eq!(call.status(), 200, "round {round}: {name} is not callable");
+        }
+        drop(server);
+        for database in ["registry.db", "logs.db"] {
+            let connection = rusqlite::Connection::open(temp.path().join(database)).expect("open");
+            let verdict: String = connection
+                .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+                .expect("integrity check");
+            assert_eq!(verdict, "ok", "round {round}: {database}");
+        }
+    }
+    assert!(!acknowledged.is_empty(), "no deploy was ever acknowledged");
+}
+
+/// Sends `bytes` on a new connection and reads what comes back until the server closes (each
+/// use ends with `connection: close` or a refusal, which closes) or 10 s pass.
+async fn exchange(server: &TestServer, bytes: &[u8]) -> String {
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt as _;
+        let _ = stream.read_to_end(&mut seen).await;
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// The reliability suite, hostile clients: each request is answered or refused as documented,
+/// never smuggled, and a probe call keeps answering.
+#[tokio::test]
+async fn hostile_clients_are_answered_or_refused_and_the_server_keeps_serving() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    server.deploy("f", amphi_guest_artifacts::C_CGI_MODULE, json!({})).await;
+    let probe = || async { assert_eq!(server.get("f", "/").await.status(), 200, "the probe call failed") };
+
+    // Two different Content-Lengths: refused, and nothing after the body is read as a request.
+    let answer = exchange(
+        &server,
+        b"POST /fn/f/ HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 40\r\n\r\nhelloGET /fn/smuggled/ HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "a second request was read: {answer}");
+    probe().await;
+
+    // Content-Length with Transfer-Encoding: the chunked framing wins or the request is refused;
+    // the bytes the Content-Length would have left over are never a second request.
+    let answer = exchange(
+        &server,
+        b"POST /fn/f/ HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /fn/smuggled/ HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert!(!answer.contains("smuggled"), "{answer}");
+    assert!(!answer.contains("no function named"), "the smuggled request reached the router: {answer}");
+    probe().await;
+
+    // 100 pipelined requests on one connection: 100 answers, in order.
+    let mut pipelined = Vec::new();
+    for i in 0..100 {
+        let close = if i == 99 { "connection: close\r\n" } else { "" };
+        pipelined.extend_from_slice(format!("GET /fn/f/{i} HTTP/1.1\r\nhost: x\r\n{close}\r\n").as_bytes());
+    }
+    let answer = exchange(&server, &pipelined).await;
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 100, "{}", &answer[..answer.len().min(500)]);
+    probe().await;
+
+    // Header fields far past the limits: refused, by us or by the HTTP layer.
+    let mut many = b"GET /fn/f/ HTTP/1.1\r\nhost: x\r\n".to_vec();
+    for i in 0..10_000 {
+        many.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let answer = exchange(&server, &many).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(300)]);
+    let mut big = b"GET /fn/f/ HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 100 << 10));
+    big.extend_from_slice(b"\r\n\r\n");
+    let answer = exchange(&server, &big).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(300)]);
+    assert!(answer.contains("application/problem+json"), "{}", &answer[..answer.len().min(300)]);
+    probe().await;
+
+    // h2c with many concurrent streams on one connection: every one answered.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("client");
+    let streams = (0..300).map(|i| h2.get(server.fn_url("f", &format!("/{i}"))).send());
+    let statuses: Vec<u16> = futures::future::join_all(streams)
+        .await
+        .into_iter()
+        .map(|r| r.expect("stream").status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    probe().await;
+}

@@ -2,7 +2,8 @@
 //!
 //! Used by `amphi build` and `amphi deploy` (the user's functions) and by the build script of
 //! `amphi-guest-artifacts` (Amphi's own test guests), so both go through the same steps:
-//! - [`RustToolchain`] finds a way to compile Rust for `wasm32-wasip1` on this machine (TOOLCHAIN.md)
+//! - [`RustToolchain`] finds a way to compile Rust for `wasm32-wasip1` on this machine (rustup's
+//!   target where installed, else Debian's `rustc-web` building std itself)
 //!   and builds packages for wasm or as static native binaries;
 //! - [`componentize`] makes a core module a component with a WASI preview1 adapter;
 //! - [`compile_c_to_wasm`] compiles C against wasi-libc;

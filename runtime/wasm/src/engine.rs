@@ -1,6 +1,6 @@
 //! The one shared wasmtime [`Engine`], configured for a fresh instance per request.
 //!
-//! Choices, each measured on this project's machines (see `../shared/PERF-NOTES.md`):
+//! Choices, each measured on this project's machines (what each is worth: `bench/README.md`):
 //! - the pooling allocator, so an instance's memory slot is reused, not mapped anew; probed at
 //!   start, with a fall-back to on-demand allocation and a log line when the host refuses it;
 //! - slots kept resident and reset with `pagemap_scan` where the kernel has it: only pages the

@@ -19,7 +19,7 @@ pub fn example(name: &str) -> PathBuf {
 /// The engine, checked to answer and to have the base image; a missing prerequisite fails loudly.
 pub async fn engine() -> Docker {
     let docker = Docker::connect_with_local_defaults()
-        .expect("a Docker engine socket (install and start Docker: see TOOLCHAIN.md)");
+        .expect("a Docker engine socket (install and start one: apt-get install docker.io; dockerd; or run .ci/test-all)");
     let docker = docker.negotiate_version().await.expect("the Docker engine answers (is dockerd running?)");
     docker.inspect_image("debian:bookworm-slim").await.expect(
         "the base image debian:bookworm-slim is on the engine (run guest-examples/containers/base-images.sh)",
