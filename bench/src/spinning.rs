@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::load::{WrkRun, wrk};
+use crate::load::{WrkRun, call, wrk};
 use crate::report::{Goal, Section};
 use crate::servers::{Admin, ChildServer, GatewayOptions, http};
 use crate::{Plan, temp_data};
@@ -40,7 +40,7 @@ pub async fn run(plan: &Plan) -> Result<Section> {
                 .map(|_| {
                     let (client, url) = (http(), spin.clone());
                     tokio::spawn(async move {
-                        tokio::time::timeout(Duration::from_secs(120), client.get(url).send()).await
+                        tokio::time::timeout(Duration::from_secs(120), call(&client, &url)).await
                     })
                 })
                 .collect();
