@@ -70,6 +70,12 @@ pub struct ServeArgs {
     /// request arrives).
     #[arg(long, default_value_t = 2)]
     wasm_ready_instances: usize,
+    /// How often unused artifacts, compiled code and built images are collected.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    gc_every: Duration,
+    /// How long an artifact no recent version uses is kept before it is collected.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    gc_grace: Duration,
     /// CPU time one upload may take to compile; past it the upload is refused (422).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     compile_timeout: Duration,
@@ -116,6 +122,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.wasm.compile.worker =
         Some(std::env::current_exe().context("cannot find the amphi binary to run compile workers")?);
     config.workers = args.workers;
+    config.gc_every = args.gc_every;
+    config.gc_grace = args.gc_grace;
 
     let server = Server::bind(config).await.context("cannot start the server")?;
     let addr = server.local_addr()?;

@@ -678,3 +678,27 @@ async fn hostile_clients_are_answered_or_refused_and_the_server_keeps_serving() 
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     probe().await;
 }
+
+/// Point 18: artifacts and their compiled code that no function's recent versions use are
+/// collected after the grace period; `/v1/stats` shows the data directory's size.
+#[tokio::test]
+async fn unused_artifacts_and_compiled_code_are_collected() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(temp.path(), &["--gc-every", "100ms", "--gc-grace", "0s"]);
+    let files = |folder: &str| std::fs::read_dir(temp.path().join(folder)).map(|d| d.count()).unwrap_or(0);
+    server.deploy("kept", amphi_guest_artifacts::C_CGI_MODULE, json!({})).await;
+    server.deploy("gone", amphi_guest_artifacts::RUST_CGI_MODULE, json!({})).await;
+    assert_eq!((files("artifacts"), files("compiled")), (2, 2));
+
+    let deleted = server.admin(Method::DELETE, "/functions/gone").send().await.expect("delete");
+    assert!(deleted.status().is_success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (files("artifacts"), files("compiled")) != (1, 1) {
+        assert!(std::time::Instant::now() < deadline, "the deleted function's artifact was never collected");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.get("kept", "/").await.status(), 200, "what is in use stays");
+    let stats =
+        server.wait_for("/stats", |s| s["data_directory_bytes"].as_u64().is_some_and(|b| b > 0)).await;
+    assert!(stats["data_directory_bytes"].as_u64().is_some());
+}

@@ -237,6 +237,33 @@ impl ContainerBackend {
         image::inspect(&self.shared.engine, reference).await
     }
 
+    /// Removes an image Amphi built (labelled `amphi.managed`), for garbage collection. An image
+    /// Amphi did not build (registered with `{"image": …}`) is the user's and stays. Fails while
+    /// a container still uses the image (the next collection tries again).
+    pub async fn remove_built_image(&self, id: &str) -> Result<(), EngineError> {
+        let image = match image::inspect(&self.shared.engine, id).await {
+            Ok(image) => image,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if image.labels.get(instance::LABEL_MANAGED).map(String::as_str) != Some("true") {
+            return Ok(());
+        }
+        let id = id.to_string();
+        let removed = self
+            .shared
+            .engine
+            .run(|docker| async move {
+                docker.remove_image(&id, None::<bollard::query_parameters::RemoveImageOptions>, None).await
+            })
+            .await;
+        match removed {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Starts `function`'s `min_instances` and waits until they are ready.
     pub async fn warm(&self, function: Arc<FunctionVersion>) -> Result<(), BackendError> {
         self.pool_for(&function).warm().await

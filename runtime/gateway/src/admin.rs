@@ -278,6 +278,7 @@ fn stats(platform: &Platform) -> Response<ResponseBody> {
         StatusCode::OK,
         &json!({
             "functions": platform.functions().len(),
+            "data_directory_bytes": platform.data_bytes(),
             "wasm": {
                 "pooling_allocator": wasm.pooling_allocator,
                 "compiled": wasm.compiled,

@@ -36,6 +36,10 @@ pub struct ServeConfig {
     pub logs: LogStoreConfig,
     /// The wasm backend's settings.
     pub wasm: WasmSettings,
+    /// How often garbage collection runs.
+    pub gc_every: Duration,
+    /// How old an unused artifact must be before garbage collection removes it.
+    pub gc_grace: Duration,
     /// Threads that accept and serve connections, each with its own listener on the same port;
     /// 0 means one per CPU.
     pub workers: usize,
@@ -59,6 +63,8 @@ impl ServeConfig {
             logs: LogStoreConfig::default(),
             wasm: WasmSettings::default(),
             workers: 0,
+            gc_every: Duration::from_secs(600),
+            gc_grace: Duration::from_secs(3600),
         }
     }
 }

@@ -45,6 +45,7 @@ pub enum TokenSource {
 
 /// The platform.
 pub struct Platform {
+    data: DataDir,
     registry: Registry,
     artifacts: Arc<Artifacts>,
     /// The log store.
@@ -60,6 +61,22 @@ pub struct Platform {
     pub config: ServeConfig,
     token: String,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// The data directory's size in bytes, as of the last garbage collection.
+    data_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// Versions of a function whose artifacts garbage collection keeps: the current one and the
+/// ones just before it, to go back to. Older versions stay in the history; their artifacts, once
+/// nothing else uses them, are removed (deploying one again needs a new upload).
+pub const KEPT_VERSIONS: u64 = 5;
+
+/// What one garbage collection removed.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Collected {
+    /// Artifacts removed (with their compiled code or their image).
+    pub artifacts: u64,
+    /// Bytes freed in the data directory.
+    pub bytes: u64,
 }
 
 impl Platform {
@@ -83,6 +100,7 @@ impl Platform {
             .map_err(|e| GatewayError::Startup(e.to_string()))?;
         let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone(), container.clone()];
         let platform = Self {
+            data,
             registry,
             artifacts,
             logs,
@@ -94,6 +112,7 @@ impl Platform {
             config,
             token,
             shutdown: tokio::sync::watch::Sender::new(false),
+            data_bytes: std::sync::atomic::AtomicU64::new(0),
         };
         for function in platform.registry.all_current()? {
             platform.install_route(function)?;
@@ -107,6 +126,84 @@ impl Platform {
         let containers =
             self.functions().into_iter().filter(|f| f.kind == ArtifactKind::ContainerImage).collect();
         self.container.start(containers);
+    }
+
+    /// Collects garbage now and every `config.gc_every` after, until shutdown.
+    pub fn start_collecting(self: &Arc<Self>) {
+        let platform = self.clone();
+        tokio::spawn(async move {
+            let mut shutdown = platform.shutdown_signal();
+            loop {
+                match platform.collect_garbage().await {
+                    Ok(collected) if collected.artifacts > 0 => {
+                        tracing::info!(
+                            artifacts = collected.artifacts,
+                            bytes = collected.bytes,
+                            "garbage collected"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(problem) => tracing::warn!(detail = %problem.detail, "garbage collection failed"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(platform.config.gc_every) => {}
+                    _ = shutdown.wait_for(|stopping| *stopping) => return,
+                }
+            }
+        });
+    }
+
+    /// Removes artifacts (source, compiled code, built image) that no function's recent versions
+    /// use ([`KEPT_VERSIONS`]) and that are older than the grace period, so an upload not yet
+    /// deployed is kept. Runs under the deploy lock: no deploy can take up an artifact while it
+    /// goes. Calls in flight keep running: wasm code is in memory, and an image a container still
+    /// uses is not removed (it goes in a later collection).
+    pub async fn collect_garbage(self: &Arc<Self>) -> Result<Collected, Problem> {
+        let _serialised = self.deploys.lock().await;
+        let grace = u64::try_from(self.config.gc_grace.as_millis()).unwrap_or(u64::MAX);
+        let before = (amphi_contract::invocation::now_unix_us() / 1000).saturating_sub(grace);
+        let platform = self.clone();
+        let candidates = blocking(move || {
+            platform.registry.unreferenced_artifacts(before, KEPT_VERSIONS).map_err(internal)
+        })
+        .await?;
+        let mut collected = Collected::default();
+        for artifact in candidates {
+            if artifact.kind == ArtifactKind::ContainerImage
+                && let Err(error) = self.container.remove_built_image(&artifact.digest).await
+            {
+                tracing::debug!(digest = %artifact.digest, %error, "an image stays for now");
+                continue;
+            }
+            let platform = self.clone();
+            let freed = blocking(move || {
+                if !platform
+                    .registry
+                    .remove_artifact_if_unused(&artifact.digest, KEPT_VERSIONS)
+                    .map_err(internal)?
+                {
+                    return Ok(None);
+                }
+                match artifact.kind {
+                    ArtifactKind::ContainerImage => Ok(Some(artifact.size)),
+                    _ => platform.artifacts.remove(&artifact.digest).map(Some).map_err(internal),
+                }
+            })
+            .await?;
+            if let Some(freed) = freed {
+                collected.artifacts += 1;
+                collected.bytes += freed;
+            }
+        }
+        let platform = self.clone();
+        let size = blocking(move || Ok(platform.data.size())).await?;
+        self.data_bytes.store(size, std::sync::atomic::Ordering::Relaxed);
+        Ok(collected)
+    }
+
+    /// The data directory's size in bytes, as of the last garbage collection.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The admin token.

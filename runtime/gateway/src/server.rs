@@ -57,7 +57,9 @@ impl Server {
         let listeners =
             bind_listeners(listen, workers).map_err(|source| GatewayError::Bind { addr: listen, source })?;
         platform.start_backends();
-        Ok(Self { platform: Arc::new(platform), listeners, token_source })
+        let platform = Arc::new(platform);
+        platform.start_collecting();
+        Ok(Self { platform, listeners, token_source })
     }
 
     /// The address it listens on.

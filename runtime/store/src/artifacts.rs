@@ -69,6 +69,32 @@ impl Artifacts {
             .map_err(|source| StoreError::Io { what: format!("checking compiled {key}"), source })
     }
 
+    /// Removes the artifact with `digest` and every compiled form of it (`<hex>-<engine>`).
+    /// Returns the bytes freed.
+    pub fn remove(&self, digest: &str) -> Result<u64, StoreError> {
+        let hex = hex_of(digest)?;
+        let mut freed = 0;
+        let io = |what: String| move |source| StoreError::Io { what, source };
+        let entries = self.compiled.entries().map_err(io("listing compiled code".into()))?;
+        for entry in entries {
+            let entry = entry.map_err(io("listing compiled code".into()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix(hex).is_some_and(|rest| rest.starts_with('-')) {
+                freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                self.compiled.remove_file(&name).map_err(io(format!("removing compiled {name}")))?;
+            }
+        }
+        match self.sources.metadata(hex) {
+            Ok(metadata) => {
+                freed += metadata.len();
+                self.sources.remove_file(hex).map_err(io(format!("removing artifact {digest}")))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Io { what: format!("reading artifact {digest}"), source }),
+        }
+        Ok(freed)
+    }
+
     /// Stores compiled code under `key`.
     pub fn put_compiled(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         check_key(key)?;
@@ -114,5 +140,12 @@ mod tests {
         artifacts.put_compiled("abc-1", b"code").expect("put compiled");
         assert_eq!(artifacts.get_compiled("abc-1").expect("hit"), Some(b"code".to_vec()));
         assert!(artifacts.has_compiled("abc-1").expect("present"));
+
+        let hex = digest.trim_start_matches("sha256:");
+        artifacts.put_compiled(&format!("{hex}-e1"), b"code").expect("compiled");
+        assert_eq!(artifacts.remove(&digest).expect("remove"), 4 + 4);
+        assert!(artifacts.get(&digest).is_err());
+        assert!(!artifacts.has_compiled(&format!("{hex}-e1")).expect("gone"));
+        assert!(artifacts.has_compiled("abc-1").expect("another artifact's code stays"));
     }
 }

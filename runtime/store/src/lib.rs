@@ -88,6 +88,22 @@ impl DataDir {
         &self.path
     }
 
+    /// Bytes of every file in the directory, walked through the handle. Blocking.
+    pub fn size(&self) -> u64 {
+        fn walk(dir: &Dir) -> u64 {
+            let Ok(entries) = dir.entries() else { return 0 };
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => entry.open_dir().map(|sub| walk(&sub)).unwrap_or(0),
+                    Ok(kind) if kind.is_file() => entry.metadata().map(|m| m.len()).unwrap_or(0),
+                    _ => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir)
+    }
+
     /// The path of the database `name`, its file made first, readable by the owner only (SQLite
     /// gives its `-wal` and `-shm` files the database file's permissions).
     pub fn private_database(&self, name: &str) -> Result<PathBuf, StoreError> {

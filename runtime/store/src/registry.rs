@@ -134,6 +134,39 @@ impl Registry {
         })
     }
 
+    /// Artifacts uploaded before `before_ms` that neither a function's current version nor one of
+    /// its `keep - 1` versions before it uses: what garbage collection may remove.
+    pub fn unreferenced_artifacts(&self, before_ms: u64, keep: u64) -> Result<Vec<ArtifactInfo>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT a.digest, a.kind, a.size FROM artifacts a WHERE a.created_at_ms < ?1 AND NOT EXISTS (
+                 SELECT 1 FROM versions v JOIN functions f ON f.name = v.name
+                 WHERE v.digest = a.digest AND v.version > f.current_version - ?2)",
+        )?;
+        let rows = statement
+            .query_map(params![before_ms as i64, keep as i64], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(digest, kind, size)| {
+                Ok(ArtifactInfo { digest, kind: parse_kind(&kind)?, size: size as u64 })
+            })
+            .collect()
+    }
+
+    /// Forgets an artifact, unless a version now uses it (a deploy since it was found unused).
+    /// Returns whether it was forgotten.
+    pub fn remove_artifact_if_unused(&self, digest: &str, keep: u64) -> Result<bool, StoreError> {
+        let removed = self.conn().execute(
+            "DELETE FROM artifacts WHERE digest = ?1 AND NOT EXISTS (
+                 SELECT 1 FROM versions v JOIN functions f ON f.name = v.name
+                 WHERE v.digest = ?1 AND v.version > f.current_version - ?2)",
+            params![digest, keep as i64],
+        )?;
+        Ok(removed > 0)
+    }
+
     /// The current version of every function, by name.
     pub fn all_current(&self) -> Result<Vec<FunctionVersion>, StoreError> {
         self.select_versions(
