@@ -164,14 +164,7 @@ async fn static_binary_in_a_scratch_image() {
     assert_eq!(record["logs"][0]["line"], "static-hello: served POST /a/b?c=d");
 
     // The same image under a name of its own, deployed by reference: nothing is uploaded.
-    let built: Value = server
-        .admin(Method::GET, "/functions/hello")
-        .send()
-        .await
-        .expect("describe")
-        .json()
-        .await
-        .expect("json");
+    let built = server.describe("hello").await;
     let image = built["function"]["digest"].as_str().expect("digest").to_string();
     let tag = bollard::query_parameters::TagImageOptions {
         repo: Some("amphi-test/prebuilt".into()),
@@ -282,6 +275,14 @@ async fn calls_scale_out_to_max_instances_then_queue_then_get_429() {
             "3s",
         ],
     );
+    // No wait for one of the function's concurrency slots: past them a call is refused at once.
+    let patched = server
+        .admin(Method::PATCH, "/functions/busy")
+        .json(&json!({ "queue_timeout_ms": 0 }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 201);
     let call = |path: &'static str| {
         let (http, url) = (server.http.clone(), server.fn_url("busy", path));
         tokio::spawn(async move {

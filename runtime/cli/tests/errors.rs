@@ -154,9 +154,11 @@ async fn call_errors_have_their_status_and_record() {
 async fn over_capacity_gets_429() {
     let temp = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(temp.path());
-    server.deploy("one", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({ "concurrency": 1 })).await;
+    let config = json!({ "concurrency": 1, "queue_timeout_ms": 0 });
+    server.deploy("one", amphi_guest_artifacts::RUST_HTTP_COMPONENT, config).await;
     // Three calls that each hold the only slot for 1.5 s, sent together: they overlap, so the
-    // slot admits one of them at a time and refuses the others at once.
+    // slot admits one of them at a time and, with no patience asked for, refuses the others at
+    // once.
     let calls: Vec<_> = (0..3)
         .map(|_| {
             let http = server.http.clone();

@@ -108,8 +108,7 @@ async fn patch_changes_only_what_it_names_and_concurrent_patches_lose_nothing() 
 
     let patches = (0..10).map(|i| patch(&server, "f", json!({ "env": { format!("K{i}"): "x" } })));
     futures::future::join_all(patches).await;
-    let described: Value =
-        server.admin(Method::GET, "/functions/f").send().await.expect("get").json().await.expect("json");
+    let described = server.describe("f").await;
     let env = described["function"]["config"]["env"].as_object().expect("env").clone();
     for i in 0..10 {
         assert!(env.contains_key(&format!("K{i}")), "K{i} was lost: {env:?}");
@@ -571,15 +570,7 @@ async fn acknowledged_deploys_survive_kill_9_at_random_moments() {
 
         let server = TestServer::start(temp.path());
         for (name, version) in &acknowledged {
-            let described: Value = server
-                .admin(Method::GET, &format!("/functions/{name}"))
-                .send()
-                .await
-                .expect("describe")
-                .json()
-                .await
-                .expect("json");
-            let now = described["function"]["version"].as_u64().unwrap_or(0);
+            let now = server.describe(name).await["function"]["version"].as_u64().unwrap_or(0);
             assert!(now >= *version, "round {round}: {name} acknowledged at v{version}, now v{now}");
             let call = server.get(name, "/request").await;
             assert_eq!(call.status(), 200, "round {round}: {name} is not callable");
@@ -701,4 +692,33 @@ async fn unused_artifacts_and_compiled_code_are_collected() {
     let stats =
         server.wait_for("/stats", |s| s["data_directory_bytes"].as_u64().is_some_and(|b| b > 0)).await;
     assert!(stats["data_directory_bytes"].as_u64().is_some());
+}
+
+/// The reliability suite, hostile containers: a fork bomb meets the pids limit and a `/tmp` fill
+/// meets the tmpfs size; the calls are answered, another function keeps answering meanwhile, the
+/// instance serves again afterwards, and no container is left behind.
+#[tokio::test]
+async fn fork_bombs_and_tmp_fills_stay_inside_their_container() {
+    let (docker, _temp, server) = start().await;
+    deploy(&server, "hostile", &fixture("hostile-cgi"), &["--pids-limit", "64", "--timeout", "20s"]);
+    server.deploy("probe", amphi_guest_artifacts::C_CGI_MODULE, json!({})).await;
+
+    let fork = server.get("hostile", "/fork");
+    let probing = async {
+        for _ in 0..20 {
+            assert_eq!(server.get("probe", "/").await.status(), 200, "the probe failed during the fork bomb");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let (forked, ()) = tokio::join!(fork, probing);
+    assert_eq!(forked.status(), 200);
+    assert_eq!(forked.text().await.expect("body").trim(), "forked");
+
+    let filled = server.get("hostile", "/fill").await;
+    assert_eq!(filled.status(), 200);
+    assert_eq!(filled.text().await.expect("body").trim(), "the disk filled up");
+    let again = server.get("hostile", "/").await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.text().await.expect("body").trim(), "ok");
+    stop_and_check_clean(server, &docker).await;
 }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptions;
-use reqwest::Method;
 use serde_json::Value;
 
 use super::{TestServer, stderr, stdout};
@@ -60,15 +59,7 @@ pub fn deploy(server: &TestServer, name: &str, dir: &Path, flags: &[&str]) -> Va
 }
 
 pub async fn instances(server: &TestServer, name: &str) -> Vec<Value> {
-    let described: Value = server
-        .admin(Method::GET, &format!("/functions/{name}"))
-        .send()
-        .await
-        .expect("describe")
-        .json()
-        .await
-        .expect("json");
-    described["instances"].as_array().cloned().unwrap_or_default()
+    server.describe(name).await["instances"].as_array().cloned().unwrap_or_default()
 }
 
 pub async fn wait_instances(server: &TestServer, name: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {

@@ -145,6 +145,13 @@ impl TestServer {
         }
     }
 
+    /// `GET /v1/functions/{name}`: the function, its versions and (containers) its instances.
+    pub async fn describe(&self, name: &str) -> Value {
+        let response =
+            self.admin(reqwest::Method::GET, &format!("/functions/{name}")).send().await.expect("describe");
+        response.json().await.expect("json")
+    }
+
     /// The invocation record with `id`, once written.
     pub async fn record(&self, id: &str) -> Value {
         self.wait_for(&format!("/invocations/{id}"), |v| v.get("invocation").is_some()).await
