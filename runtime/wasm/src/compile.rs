@@ -162,14 +162,10 @@ pub fn worker_main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let compiled = match kind {
-        ArtifactKind::WasiHttpComponent => {
-            wasmtime::component::Component::new(&engine, &bytes).and_then(|c| c.serialize())
-        }
-        ArtifactKind::CgiModule => wasmtime::Module::new(&engine, &bytes).and_then(|m| m.serialize()),
-        ArtifactKind::ContainerImage => return usage(),
-    };
-    match compiled {
+    if kind == ArtifactKind::ContainerImage {
+        return usage();
+    }
+    match crate::prepare::compile_serialized(&engine, kind, &bytes) {
         Ok(code) => match std::io::stdout().lock().write_all(&code) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -178,7 +174,7 @@ pub fn worker_main(args: &[String]) -> ExitCode {
             }
         },
         Err(e) => {
-            eprint!("{e:#}");
+            eprint!("{}", e.to_string().trim_start_matches("invalid WebAssembly: "));
             ExitCode::from(EXIT_INVALID as u8)
         }
     }

@@ -112,16 +112,7 @@ impl Preparer {
 
     /// Compiles `bytes` in this process, without limits; returns the serialized code. Blocking.
     pub fn compile_here(&self, kind: ArtifactKind, bytes: &[u8]) -> Result<Vec<u8>, PrepareError> {
-        let invalid = |e: wasmtime::Error| PrepareError::Invalid(format!("{e:#}"));
-        match kind {
-            ArtifactKind::WasiHttpComponent => {
-                Component::new(&self.engine, bytes).and_then(|c| c.serialize()).map_err(invalid)
-            }
-            ArtifactKind::CgiModule => {
-                Module::new(&self.engine, bytes).and_then(|m| m.serialize()).map_err(invalid)
-            }
-            ArtifactKind::ContainerImage => Err(not_wasm()),
-        }
+        compile_serialized(&self.engine, kind, bytes)
     }
 
     /// Checks compiled `code` of an upload under `digest` (it loads and links: the contract's
@@ -162,27 +153,11 @@ impl Preparer {
             }
         }
         let source = self.artifacts.get(digest)?;
-        let (prepared, code) = self.compile(kind, &source)?;
+        self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+        let code = self.compile_here(kind, &source)?;
+        let prepared = self.deserialize(kind, &code)?;
         self.artifacts.put_compiled(&key, &code)?;
         Ok(prepared)
-    }
-
-    fn compile(&self, kind: ArtifactKind, bytes: &[u8]) -> Result<(Prepared, Vec<u8>), PrepareError> {
-        self.stats.compiled.fetch_add(1, Ordering::Relaxed);
-        let invalid = |e: wasmtime::Error| PrepareError::Invalid(format!("{e:#}"));
-        match kind {
-            ArtifactKind::WasiHttpComponent => {
-                let component = Component::new(&self.engine, bytes).map_err(invalid)?;
-                let code = component.serialize().map_err(invalid)?;
-                Ok((self.link_component(&component)?, code))
-            }
-            ArtifactKind::CgiModule => {
-                let module = Module::new(&self.engine, bytes).map_err(invalid)?;
-                let code = module.serialize().map_err(invalid)?;
-                Ok((self.link_module(&module)?, code))
-            }
-            ArtifactKind::ContainerImage => Err(not_wasm()),
-        }
     }
 
     #[allow(unsafe_code)]
@@ -231,6 +206,23 @@ impl Preparer {
             ))
         })?;
         Ok(Prepared::Cgi(pre))
+    }
+}
+
+/// Compiles `bytes` of `kind` with `engine` and serializes the code: what the compile worker
+/// ([`crate::compile`]) and an in-process compile both do.
+pub fn compile_serialized(
+    engine: &Engine,
+    kind: ArtifactKind,
+    bytes: &[u8],
+) -> Result<Vec<u8>, PrepareError> {
+    let invalid = |e: wasmtime::Error| PrepareError::Invalid(format!("{e:#}"));
+    match kind {
+        ArtifactKind::WasiHttpComponent => {
+            Component::new(engine, bytes).and_then(|c| c.serialize()).map_err(invalid)
+        }
+        ArtifactKind::CgiModule => Module::new(engine, bytes).and_then(|m| m.serialize()).map_err(invalid),
+        ArtifactKind::ContainerImage => Err(not_wasm()),
     }
 }
 
