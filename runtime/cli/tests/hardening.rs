@@ -252,12 +252,7 @@ async fn a_burst_beyond_concurrency_is_queued_and_served() {
     let temp = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(temp.path());
     server.deploy("f", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({ "concurrency": 2 })).await;
-    let calls = (0..64).map(|_| server.http.get(server.fn_url("f", "/sleep?ms=20")).send());
-    let statuses: Vec<u16> = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(|r| r.expect("call").status().as_u16())
-        .collect();
+    let statuses = concurrent_statuses(&server, "f", "/sleep?ms=20", 64).await;
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
 
     server
@@ -267,13 +262,14 @@ async fn a_burst_beyond_concurrency_is_queued_and_served() {
             json!({ "concurrency": 1, "queue_timeout_ms": 0 }),
         )
         .await;
-    let calls = (0..4).map(|_| server.http.get(server.fn_url("g", "/sleep?ms=300")).send());
-    let statuses: Vec<u16> = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(|r| r.expect("call").status().as_u16())
-        .collect();
+    let statuses = concurrent_statuses(&server, "g", "/sleep?ms=300", 4).await;
     assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
+}
+
+/// The statuses of `count` calls of `GET /fn/{name}{path}` sent at once.
+async fn concurrent_statuses(server: &TestServer, name: &str, path: &str, count: usize) -> Vec<u16> {
+    let calls = (0..count).map(|_| server.http.get(server.fn_url(name, path)).send());
+    futures::future::join_all(calls).await.into_iter().map(|r| r.expect("call").status().as_u16()).collect()
 }
 
 /// Point 14: the small ones, each seen on the running server.
@@ -383,7 +379,7 @@ fn compile_bomb(depth: u32, functions: u32) -> Vec<u8> {
 async fn compile_bombs_are_refused_by_their_limits_and_never_hold_the_server() {
     let temp = tempfile::tempdir().expect("tempdir");
     let mut server =
-        TestServer::start_with(temp.path(), &["--compile-timeout", "2s", "--compile-memory", "1GiB"]);
+        TestServer::start_with(temp.path(), &["--compile-timeout", "5s", "--compile-memory", "1GiB"]);
     // A function whose code compiles well within the limit, even in a debug build.
     server.deploy("hello", amphi_guest_artifacts::C_CGI_MODULE, json!({})).await;
 

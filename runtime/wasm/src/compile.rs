@@ -80,9 +80,10 @@ pub async fn compile_in_worker(
         let _ = stdin.write_all(&input).await;
     });
     let (mut code, mut error) = (Vec::new(), Vec::new());
-    // The CPU limit ends a busy worker; the wall-clock bound also ends one that is starved or
-    // stopped. Either way it is killed when this future ends (kill_on_drop).
-    let wall = limits.timeout * 2 + Duration::from_secs(5);
+    // The CPU limit ends a busy worker. The wall-clock bound ends one that is stopped or never
+    // scheduled; it is wide, since a worker on a loaded machine gets a fraction of a CPU. Either
+    // way the worker is killed when this future ends (kill_on_drop).
+    let wall = limits.timeout * 5 + Duration::from_secs(30);
     let ran = tokio::time::timeout(wall, async {
         let (read_code, read_error) =
             tokio::join!(stdout.read_to_end(&mut code), stderr.read_to_end(&mut error));
