@@ -671,7 +671,8 @@ async fn hostile_clients_are_answered_or_refused_and_the_server_keeps_serving() 
 #[tokio::test]
 async fn unused_artifacts_and_compiled_code_are_collected() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start_with(temp.path(), &["--gc-every", "100ms", "--gc-grace", "0s"]);
+    // The grace period covers the moment between an upload and its deploy.
+    let server = TestServer::start_with(temp.path(), &["--gc-every", "100ms", "--gc-grace", "2s"]);
     let files = |folder: &str| std::fs::read_dir(temp.path().join(folder)).map(|d| d.count()).unwrap_or(0);
     server.deploy("kept", amphi_guest_artifacts::C_CGI_MODULE, json!({})).await;
     server.deploy("gone", amphi_guest_artifacts::RUST_CGI_MODULE, json!({})).await;
@@ -679,7 +680,7 @@ async fn unused_artifacts_and_compiled_code_are_collected() {
 
     let deleted = server.admin(Method::DELETE, "/functions/gone").send().await.expect("delete");
     assert!(deleted.status().is_success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while (files("artifacts"), files("compiled")) != (1, 1) {
         assert!(std::time::Instant::now() < deadline, "the deleted function's artifact was never collected");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

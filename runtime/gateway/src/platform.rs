@@ -247,7 +247,9 @@ impl Platform {
         let digest = amphi_store::artifacts::digest_of(&bytes);
         let platform = self.clone();
         let key = digest.clone();
-        if let Some(known) = blocking(move || platform.registry.artifact(&key).map_err(internal)).await? {
+        let known =
+            blocking(move || platform.registry.artifact_uploaded_again(&key).map_err(internal)).await?;
+        if let Some(known) = known {
             return Ok((known, false));
         }
         // Validate before anything is stored: a refused upload leaves nothing behind.

@@ -75,6 +75,16 @@ impl Registry {
         Ok(())
     }
 
+    /// The artifact with `digest`, if it was uploaded; an upload of it again counts as new for
+    /// garbage collection's grace period (its upload time is now).
+    pub fn artifact_uploaded_again(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
+        self.conn().execute(
+            "UPDATE artifacts SET created_at_ms = ?2 WHERE digest = ?1",
+            params![digest, now_ms() as i64],
+        )?;
+        self.artifact(digest)
+    }
+
     /// The artifact with `digest`, if it was uploaded.
     pub fn artifact(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
         self.conn()
