@@ -708,8 +708,11 @@ async fn fork_bombs_and_tmp_fills_stay_inside_their_container() {
         }
     };
     let (forked, ()) = tokio::join!(fork, probing);
-    assert_eq!(forked.status(), 200);
-    assert_eq!(forked.text().await.expect("body").trim(), "forked");
+    // The bomb's own call is answered: by the script, or with 502 when the exhausted pids broke
+    // the call's own processes. Either way the limit held it inside the container.
+    let status = forked.status().as_u16();
+    let body = forked.text().await.expect("body");
+    assert!(status == 200 && body.trim() == "forked" || status == 502, "{status}: {body}");
 
     let filled = server.get("hostile", "/fill").await;
     assert_eq!(filled.status(), 200);
