@@ -99,22 +99,28 @@ impl Events {
 
     /// Queues a log event unless the queue is over its budget; once there is room again, says
     /// how many lines each invocation lost meanwhile, in that invocation's log.
-    fn send_log(&self, state: &mut State, invocation: &str, stream: &str, line: &str) {
+    fn send_log(
+        &self,
+        (sender, dropped): (&mpsc::UnboundedSender<Queued>, &mut HashMap<String, u64>),
+        invocation: &str,
+        stream: &str,
+        line: &str,
+    ) {
         let event = json!({"type": "log", "invocation": invocation, "stream": stream, "line": line});
         let line = ndjson(&event);
         if self.queued_log_bytes.load(Ordering::Relaxed) + line.len() > MAX_QUEUED_LOG_BYTES {
-            *state.dropped.entry(invocation.to_string()).or_default() += 1;
+            *dropped.entry(invocation.to_string()).or_default() += 1;
             return;
         }
-        for (lost, count) in state.dropped.drain() {
+        for (lost, count) in dropped.drain() {
             let note =
                 format!("amphi-shim: dropped {count} lines of output the gateway could not take in time");
             let note = ndjson(&json!({"type": "log", "invocation": lost, "stream": "stderr", "line": note}));
             self.queued_log_bytes.fetch_add(note.len(), Ordering::Relaxed);
-            let _ = state.sender.send(Queued { line: note, log: true });
+            let _ = sender.send(Queued { line: note, log: true });
         }
         self.queued_log_bytes.fetch_add(line.len(), Ordering::Relaxed);
-        let _ = state.sender.send(Queued { line, log: true });
+        let _ = sender.send(Queued { line, log: true });
     }
 
     /// A line of the long-running function's output: a line naming a call in flight
@@ -122,14 +128,15 @@ impl Events {
     /// in flight if exactly one is.
     pub fn log(&self, stream: &str, line: &str) {
         let mut state = self.state();
+        let State { sender, in_flight, dropped, .. } = &mut *state;
         let (invocation, line) = match split_attribution(line) {
-            Some((id, text)) if state.in_flight.iter().any(|call| call == id) => (id.to_string(), text),
-            _ => match state.in_flight.as_slice() {
-                [only] => (only.clone(), line),
-                _ => (String::new(), line),
+            Some((id, text)) if in_flight.iter().any(|call| call == id) => (id, text),
+            _ => match in_flight.as_slice() {
+                [only] => (only.as_str(), line),
+                _ => ("", line),
             },
         };
-        self.send_log(&mut state, &invocation, stream, line);
+        self.send_log((sender, dropped), invocation, stream, line);
     }
 
     /// A line written by the process serving `invocation` alone (CGI).
@@ -139,7 +146,8 @@ impl Events {
             _ => line,
         };
         let mut state = self.state();
-        self.send_log(&mut state, invocation, stream, line);
+        let State { sender, dropped, .. } = &mut *state;
+        self.send_log((sender, dropped), invocation, stream, line);
     }
 
     /// The function is ready for calls.

@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::limits::CallLimits;
+use crate::offload::AbortOnDrop;
 use crate::output::OutputTarget;
 use crate::ready::{ReadyInstance, ReadyInstances};
 use crate::{classify_failure, deadline_exceeded, new_store};
@@ -311,17 +312,6 @@ impl http_body::Body for GuestBody {
 
     fn is_end_stream(&self) -> bool {
         self.completed.is_none() && self.inner.is_end_stream()
-    }
-}
-
-/// Aborts the task it holds when dropped.
-struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
     }
 }
 

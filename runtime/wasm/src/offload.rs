@@ -16,6 +16,8 @@ use std::task::Poll;
 
 /// The threads long-running guests move to.
 pub struct GuestPool {
+    handle: tokio::runtime::Handle,
+    /// Taken by `Drop` only.
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -34,7 +36,7 @@ impl GuestPool {
             })
             .enable_all()
             .build()?;
-        Ok(Self { runtime: Some(runtime) })
+        Ok(Self { handle: runtime.handle().clone(), runtime: Some(runtime) })
     }
 
     /// Runs `future` on the caller's task until `long_running` is set at one of its yields, then
@@ -44,23 +46,21 @@ impl GuestPool {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let handle = self.runtime.as_ref().map(|r| r.handle().clone());
+        let handle = self.handle.clone();
         async move {
             let mut future: Pin<Box<F>> = Box::pin(future);
             let here = std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
                 Poll::Ready(output) => Poll::Ready(Some(output)),
-                Poll::Pending if long_running.load(Ordering::Relaxed) && handle.is_some() => {
-                    Poll::Ready(None)
-                }
+                Poll::Pending if long_running.load(Ordering::Relaxed) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             })
             .await;
             if let Some(output) = here {
                 return output;
             }
-            let Some(handle) = handle else { return future.await };
-            let mut moved = AbortOnDrop(handle.spawn(future));
-            match (&mut moved.0).await {
+            let mut moved = AbortOnDrop(Some(handle.spawn(future)));
+            let Some(task) = moved.0.as_mut() else { return std::future::pending().await };
+            match task.await {
                 Ok(output) => output,
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 // Only this guard aborts it, and then nobody is waiting.
@@ -79,11 +79,14 @@ impl Drop for GuestPool {
     }
 }
 
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// Aborts the task it holds when dropped.
+pub(crate) struct AbortOnDrop<T>(pub(crate) Option<tokio::task::JoinHandle<T>>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
