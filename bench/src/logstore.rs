@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use amphi_contract::TelemetrySink as _;
-use amphi_contract::invocation::now_unix_us;
+use amphi_contract::now_unix_us;
 use amphi_contract::record::{LogLine, LogStream};
 use amphi_store::DataDir;
 use amphi_store::logs::{LogStore, LogStoreConfig};

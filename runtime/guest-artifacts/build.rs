@@ -11,7 +11,7 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
-use amphi_toolchain::{Adapter, Backend, FunctionCrate, RustToolchain, ToolchainError};
+use amphi_toolchain::{Adapter, ArtifactTarget, FunctionCrate, RustToolchain, ToolchainError};
 
 fn main() {
     if let Err(e) = build() {
@@ -57,11 +57,14 @@ fn build() -> Result<(), ToolchainError> {
         bin: package.to_string(),
         target_dir: target_dir.clone(),
     };
-    export("SDK_HELLO_COMPONENT", &sdk_function("sdk-hello", "sdk-hello").build(&toolchain, Backend::Wasm)?);
+    export(
+        "SDK_HELLO_COMPONENT",
+        &sdk_function("sdk-hello", "sdk-hello").build(&toolchain, ArtifactTarget::Wasm)?,
+    );
 
     let conformance = sdk_function("conformance/rust-sdk", "conformance-rust-sdk");
-    export("CONFORMANCE_SDK_COMPONENT", &conformance.build(&toolchain, Backend::Wasm)?);
-    export("CONFORMANCE_SDK_CONTEXT", &conformance.build(&toolchain, Backend::Container)?);
+    export("CONFORMANCE_SDK_COMPONENT", &conformance.build(&toolchain, ArtifactTarget::Wasm)?);
+    export("CONFORMANCE_SDK_CONTEXT", &conformance.build(&toolchain, ArtifactTarget::Container)?);
     let cgi = target_dir.join("conformance-c-cgi.wasm");
     amphi_toolchain::compile_c_to_wasm(&guests.join("conformance/c-cgi/cgi.c"), &cgi)?;
     export("CONFORMANCE_CGI_MODULE", &cgi);

@@ -1,9 +1,9 @@
 //! `amphi`: `amphi serve` runs the platform; every other command talks to a running server over
 //! its admin API (`AMPHI_URL`, `AMPHI_TOKEN`), exits non-zero on failure and says why on stderr.
 
-mod build;
 mod client;
 mod commands;
+mod crate_build;
 mod serve;
 
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Build an SDK function crate: a component for the wasm backend (--target wasm) or a build
     /// context for the container backend (--target container). Prints the path to deploy.
-    Build(build::BuildArgs),
+    Build(crate_build::BuildArgs),
     /// Make a new version of NAME from a .wasm file, a directory with a Dockerfile (built into a
     /// container image, with progress), or an --image already on the Docker engine.
     Deploy(commands::DeployArgs),
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
-            Command::Build(args) => build::run(args).await,
+            Command::Build(args) => crate_build::run(args).await,
             command => {
                 let token = cli.token.or_else(local_token);
                 let client = client::Client::new(&cli.url, token);

@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Keep at most this many log lines (oldest removed first).
     #[arg(long, default_value_t = 10_000_000)]
     log_max_lines: u64,
+    /// Most bytes the log store's database may take on disk; past it the oldest lines and
+    /// records are removed (its write-ahead log adds up to 4MiB and one write batch).
+    #[arg(long, default_value = "10GiB", value_parser = parse_bytes)]
+    log_max_size: u64,
     /// Time a client has to send a request's headers before the connection is closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
@@ -102,6 +106,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.log_bytes_per_invocation = usize::try_from(args.log_limit).unwrap_or(usize::MAX);
     config.logs.retention = args.log_retention;
     config.logs.max_lines = args.log_max_lines;
+    config.logs.max_bytes = args.log_max_size;
     config.drain_timeout = args.drain_timeout;
     config.header_read_timeout = args.header_read_timeout;
     config.body_timeout = args.body_timeout;

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::docker::{
-    containers_of, deploy, engine, example, instances, start, stop_and_check_clean, wait_instances,
+    containers_of, deploy, engine, example, instances, start, stop_and_check_clean, wait_containers,
+    wait_instances,
 };
 use support::{TestServer, header, stderr, stdout};
 
@@ -95,13 +96,14 @@ async fn python_function_from_its_dockerfile_serves_the_contract_warm_from_a_res
     deploy(&server, "py", &example("python-http"), &["--min-instances", "1"]);
     let now = wait_instances(&server, "py", |i| i.len() == 1 && i[0]["id"] != old.as_str()).await;
     assert_eq!(now[0]["state"], "running");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let of_py = containers_of(&docker, temp.path())
-        .await
-        .into_iter()
-        .filter(|c| c.labels.as_ref().and_then(|l| l.get("amphi.function")).is_some_and(|f| f == "py"))
-        .count();
-    assert_eq!(of_py, 1, "the old instance was removed");
+    // The old instance is removed once its pool has drained.
+    let of_py = |containers: &[bollard::models::ContainerSummary]| {
+        containers
+            .iter()
+            .filter(|c| c.labels.as_ref().and_then(|l| l.get("amphi.function")).is_some_and(|f| f == "py"))
+            .count()
+    };
+    wait_containers(&docker, temp.path(), |c| of_py(c) == 1).await;
     stop_and_check_clean(server, &docker).await;
 }
 
@@ -295,10 +297,10 @@ async fn calls_scale_out_to_max_instances_then_queue_then_get_429() {
     // Two slow calls start two instances; the third waits in the queue for one of them.
     let first = call("/sleep?ms=1500");
     let second = call("/sleep?ms=1500");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.wait_for("/functions/busy", |f| f["in_flight"] == 2).await;
     let queued = call("/sleep?ms=10");
     let fourth = call("/sleep?ms=10");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_for("/functions/busy", |f| f["in_flight"] == 4).await;
     // Beyond the function's concurrency (4 in flight or queued), a call is refused at once.
     let refused = server.get("busy", "/").await;
     assert_eq!(refused.status(), 429);
@@ -411,8 +413,8 @@ async fn crash_memory_limit_and_timeout_give_their_statuses_and_records_and_a_re
         assert_eq!(next.status(), 200, "after {path}");
         assert_eq!(start_kind(&next), "cold", "after {path}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(containers_of(&docker, temp.path()).await.len(), 1, "broken instances were removed");
+    // Broken instances are removed.
+    wait_containers(&docker, temp.path(), |c| c.len() == 1).await;
     stop_and_check_clean(server, &docker).await;
 }
 

@@ -19,7 +19,7 @@ async fn redeploy_makes_a_version_and_in_flight_calls_finish_on_the_old_one() {
         let url = server.fn_url("f", "/sleep?ms=800");
         async move { http.get(url).send().await.expect("call").text().await.expect("body") }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    server.wait_for("/functions/f", |f| f["in_flight"] == 1).await;
     let v2 = server.deploy("f", wasm, json!({ "env": { "VERSION_TAG": "two" } })).await;
     assert_eq!(v2["version"], 2);
     let now = server.http.get(server.fn_url("f", "/sleep?ms=1")).send().await.expect("call");
@@ -111,7 +111,7 @@ async fn shutdown_drains_in_flight_calls() {
         let url = server.fn_url("f", "/sleep?ms=700");
         async move { http.get(url).send().await.expect("call").text().await.expect("body") }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    server.wait_for("/functions/f", |f| f["in_flight"] == 1).await;
     let url = server.url.clone();
     tokio::task::spawn_blocking(move || server.stop()).await.expect("stopped");
     assert_eq!(in_flight.await.expect("task"), "done", "the call in flight at SIGTERM completed");

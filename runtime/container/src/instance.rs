@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use amphi_contract::function::{ContainerProtocol, FunctionVersion};
-use amphi_contract::invocation::now_unix_us;
+use amphi_contract::now_unix_us;
 use amphi_contract::record::{LogLine, LogStream};
 use amphi_contract::{ConnectionInfo, LogCapture, TelemetrySink};
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -107,11 +107,13 @@ impl From<EngineError> for StartError {
 }
 
 /// Why a call over the socket failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The socket or the connection broke: the instance is probably gone.
+    #[error("{0}")]
     Broken(String),
     /// The shim answered that the function could not (its reason).
+    #[error("{0}")]
     Function(String),
 }
 

@@ -4,7 +4,8 @@
 //! - [`context`] checks an uploaded build context; [`image`] builds it (or looks up an existing
 //!   image); the image id is the function's artifact digest.
 //! - [`pool`] holds each function version's instances: warm, paused, cold-started on demand,
-//!   queued beyond `max_instances`, paused and removed when idle.
+//!   queued beyond `max_instances`, paused and removed when idle; it drives them through the
+//!   [`driver`], which runs them as containers.
 //! - [`instance`] is one container running `amphi-shim` (built by this crate's build script and
 //!   embedded here) in front of the function; calls and log lines go through the shim's Unix
 //!   socket, so containers run with no network by default.
@@ -16,6 +17,7 @@
 //! and at shutdown it removes its containers.
 
 pub mod context;
+pub mod driver;
 pub mod engine;
 pub mod image;
 pub mod instance;
@@ -31,8 +33,9 @@ use std::time::Duration;
 
 use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
 use amphi_contract::{
-    Backend, BackendError, BackendKind, BackendResponse, BoxError, Finish, Invocation, InvokeFuture, Outcome,
-    ProblemKind, StartKind, TelemetrySink,
+    Backend, BackendError, BackendKind, BackendResponse, BoxError, BoxFuture, BuildFailure, BuildProgress,
+    BuiltArtifact, Call, CheckedSource, Completer, Completion, Ending, InstanceView, InvokeFuture, Outcome,
+    ProblemKind, SourceUpload, TelemetrySink,
 };
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use bytes::Bytes;
@@ -42,18 +45,21 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 pub use crate::context::{CheckedContext, ContextError};
+use crate::driver::ContainerDriver;
 pub use crate::engine::EngineError;
 pub use crate::image::{BuildError, BuildEvent, ImageInfo};
 use crate::instance::{CallError, LABEL_INSTALLATION, Shared};
-pub use crate::pool::InstanceView;
-use crate::pool::{Lease, Pool};
+
+/// The pool of one function version's containers.
+type ContainerPool = pool::Pool<ContainerDriver>;
+type Lease = pool::Lease<ContainerDriver>;
 
 /// The shim, built for this machine by the build script.
 const SHIM_BINARY: &[u8] = include_bytes!(env!("AMPHI_SHIM_BINARY"));
 /// Longest path a Unix socket may have (`sun_path` holds 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 /// How often idle instances are looked at.
-const TIDY_EVERY: Duration = Duration::from_millis(200);
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
 
 /// Why the backend could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +80,8 @@ pub enum ContainerError {
 /// The container backend.
 pub struct ContainerBackend {
     shared: Arc<Shared>,
-    pools: Mutex<HashMap<String, Arc<Pool>>>,
-    retired: Mutex<Vec<Arc<Pool>>>,
+    pools: Mutex<HashMap<String, Arc<ContainerPool>>>,
+    retired: Mutex<Vec<Arc<ContainerPool>>>,
 }
 
 impl ContainerBackend {
@@ -108,8 +114,9 @@ impl ContainerBackend {
     }
 
     /// Starts the background work: removes what an earlier run left (retrying until an engine
-    /// answers), warms the `min_instances` of `functions`, and tidies idle instances from then on.
-    pub fn start(self: &Arc<Self>, functions: Vec<Arc<FunctionVersion>>) {
+    /// answers), starts the reserved instances (`min_instances`) of `functions`, and sweeps idle
+    /// instances from then on.
+    fn start_background(self: Arc<Self>, functions: Vec<Arc<FunctionVersion>>) {
         let backend = self.clone();
         tokio::spawn(async move {
             let mut warned = false;
@@ -130,29 +137,29 @@ impl ContainerBackend {
                 }
             }
             for function in functions {
-                if let Err(e) = backend.warm(function.clone()).await {
+                if let Err(e) = backend.start_reserved(function.clone()).await {
                     tracing::warn!(function = %function.name, error = %e, "cannot start reserved instances");
                 }
             }
         });
-        let backend = Arc::downgrade(self);
+        let backend = Arc::downgrade(&self);
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(TIDY_EVERY);
+            let mut ticks = tokio::time::interval(SWEEP_EVERY);
             loop {
                 ticks.tick().await;
                 let Some(backend) = backend.upgrade() else { return };
-                backend.tidy();
+                backend.sweep();
             }
         });
     }
 
-    fn tidy(&self) {
-        let pools: Vec<Arc<Pool>> =
+    fn sweep(&self) {
+        let pools: Vec<Arc<ContainerPool>> =
             self.pools.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for pool in pools {
-            pool.tidy();
+            pool.sweep();
         }
-        self.retired.lock().unwrap_or_else(PoisonError::into_inner).retain(|pool| !pool.tidy());
+        self.retired.lock().unwrap_or_else(PoisonError::into_inner).retain(|pool| !pool.sweep());
     }
 
     /// Removes every container of this installation; returns how many the engine listed.
@@ -187,8 +194,8 @@ impl ContainerBackend {
 
     /// Stops taking calls and removes every container of this installation, waiting until the
     /// engine lists none.
-    pub async fn shutdown(&self) {
-        let pools: Vec<Arc<Pool>> =
+    async fn remove_all(&self) {
+        let pools: Vec<Arc<ContainerPool>> =
             self.pools.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, p)| p).collect();
         for pool in pools {
             pool.retire();
@@ -210,7 +217,7 @@ impl ContainerBackend {
     }
 
     /// Checks what the container backend needs of a config.
-    pub fn check_config(&self, config: &FunctionConfig) -> Result<(), String> {
+    fn check_function_config(config: &FunctionConfig) -> Result<(), String> {
         if !config.allowed_outbound_hosts.is_empty() {
             return Err("container functions are granted the network as a whole with `container.network`; \
                         allowed_outbound_hosts applies to wasm functions only"
@@ -223,24 +230,49 @@ impl ContainerBackend {
     }
 
     /// Builds a checked context into an image, reporting progress as it goes.
-    pub async fn build(
+    async fn build_image(
         &self,
-        bytes: Bytes,
-        context: &CheckedContext,
-        progress: impl FnMut(BuildEvent),
-    ) -> Result<ImageInfo, BuildError> {
-        image::build(&self.shared.engine, bytes, context, progress).await
+        source: SourceUpload,
+        context: CheckedContext,
+        mut progress: impl FnMut(BuildProgress),
+    ) -> Result<BuiltArtifact, BuildFailure> {
+        let built = image::build(&self.shared.engine, source.bytes, &context, |event| {
+            progress(match event {
+                BuildEvent::Step(text) => BuildProgress::Step(text),
+                BuildEvent::Output(text) => BuildProgress::Output(text),
+            })
+        })
+        .await;
+        match built {
+            Ok(image) => Ok(image_artifact(image)),
+            Err(BuildError::Engine(e)) => Err(engine_failure(e)),
+            Err(failed) => {
+                let detail = failed.to_string();
+                let output_tail = match failed {
+                    BuildError::Failed { output_tail, .. } => output_tail,
+                    BuildError::Engine(_) => Vec::new(),
+                };
+                Err(BuildFailure { kind: ProblemKind::UnprocessableEntity, detail, output_tail })
+            }
+        }
     }
 
     /// Looks up an image already on the engine.
-    pub async fn find_image(&self, reference: &str) -> Result<ImageInfo, EngineError> {
-        image::inspect(&self.shared.engine, reference).await
+    async fn find_image(&self, reference: String) -> Result<BuiltArtifact, BuildFailure> {
+        match image::inspect(&self.shared.engine, &reference).await {
+            Ok(image) => Ok(image_artifact(image)),
+            Err(e) if e.is_not_found() => Err(BuildFailure::new(
+                ProblemKind::UnprocessableEntity,
+                format!("no image `{reference}` on the Docker engine (build, pull or load it there first)"),
+            )),
+            Err(e) => Err(engine_failure(e)),
+        }
     }
 
     /// Removes an image Amphi built (labelled `amphi.managed`), for garbage collection. An image
     /// Amphi did not build (registered with `{"image": …}`) is the user's and stays. Fails while
     /// a container still uses the image (the next collection tries again).
-    pub async fn remove_built_image(&self, id: &str) -> Result<(), EngineError> {
+    async fn remove_built_image(&self, id: &str) -> Result<(), EngineError> {
         let image = match image::inspect(&self.shared.engine, id).await {
             Ok(image) => image,
             Err(e) if e.is_not_found() => return Ok(()),
@@ -265,35 +297,30 @@ impl ContainerBackend {
     }
 
     /// Starts `function`'s `min_instances` and waits until they are ready.
-    pub async fn warm(&self, function: Arc<FunctionVersion>) -> Result<(), BackendError> {
-        self.pool_for(&function).warm().await
+    async fn start_reserved(&self, function: Arc<FunctionVersion>) -> Result<(), BackendError> {
+        self.pool_for(&function).start_reserved().await
     }
 
-    /// The instances of `name`'s current pool.
-    pub fn instances(&self, name: &str) -> Vec<InstanceView> {
-        self.pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .map(|p| p.view())
-            .unwrap_or_default()
+    fn new_pool(&self, function: &Arc<FunctionVersion>) -> Arc<ContainerPool> {
+        let driver = ContainerDriver::new(self.shared.clone(), function.clone());
+        ContainerPool::new(function.clone(), Arc::new(driver))
     }
 
-    fn pool_for(&self, function: &Arc<FunctionVersion>) -> Arc<Pool> {
+    fn pool_for(&self, function: &Arc<FunctionVersion>) -> Arc<ContainerPool> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         match pools.get(&function.name) {
             Some(pool) if pool.function.version == function.version => return pool.clone(),
             Some(pool) if pool.function.version > function.version => {
                 // A call routed to the previous version just before a deploy: it gets a pool of
                 // its own that goes away with its instance, and the current pool stays.
-                let stale = Pool::new(function.clone(), self.shared.clone());
+                let stale = self.new_pool(function);
                 stale.retire();
                 self.retired.lock().unwrap_or_else(PoisonError::into_inner).push(stale.clone());
                 return stale;
             }
             _ => {}
         }
-        let pool = Pool::new(function.clone(), self.shared.clone());
+        let pool = self.new_pool(function);
         if let Some(old) = pools.insert(function.name.clone(), pool.clone()) {
             old.retire();
             self.retired.lock().unwrap_or_else(PoisonError::into_inner).push(old);
@@ -311,10 +338,71 @@ impl Backend for ContainerBackend {
         kind == ArtifactKind::ContainerImage
     }
 
-    fn invoke(&self, invocation: Invocation, request: http::Request<Bytes>) -> InvokeFuture {
-        let pool = self.pool_for(&invocation.function);
+    fn builds_from(&self, bytes: &[u8]) -> bool {
+        context::looks_like_context(bytes)
+    }
+
+    fn check_source(&self, source: &SourceUpload) -> Result<CheckedSource, BuildFailure> {
+        match context::check(&source.bytes, &source.entry, source.max_unpacked) {
+            Ok(checked) => Ok(CheckedSource(Box::new(checked))),
+            Err(e @ ContextError::TooLarge { .. }) => {
+                Err(BuildFailure::new(ProblemKind::PayloadTooLarge, e.to_string()))
+            }
+            Err(ContextError::Invalid(why)) => Err(BuildFailure::new(
+                ProblemKind::UnprocessableEntity,
+                format!("the build context is refused: {why}"),
+            )),
+        }
+    }
+
+    fn build<'a>(
+        &'a self,
+        source: SourceUpload,
+        checked: CheckedSource,
+        progress: Box<dyn FnMut(BuildProgress) + Send + 'a>,
+    ) -> BoxFuture<'a, Result<BuiltArtifact, BuildFailure>> {
+        Box::pin(async move {
+            let context = checked.0.downcast::<CheckedContext>().map_err(|_| {
+                BuildFailure::new(ProblemKind::Internal, "the source was checked by another backend")
+            })?;
+            self.build_image(source, *context, progress).await
+        })
+    }
+
+    fn import(&self, reference: &str) -> Option<BoxFuture<'_, Result<BuiltArtifact, BuildFailure>>> {
+        Some(Box::pin(self.find_image(reference.to_string())))
+    }
+
+    fn check_config(&self, config: &FunctionConfig) -> Result<(), String> {
+        Self::check_function_config(config)
+    }
+
+    fn start(self: Arc<Self>, functions: Vec<Arc<FunctionVersion>>) {
+        self.start_background(functions);
+    }
+
+    fn deployed(&self, function: Arc<FunctionVersion>) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.start_reserved(function))
+    }
+
+    fn invoke(&self, call: Call, request: http::Request<Bytes>) -> InvokeFuture {
+        let pool = self.pool_for(&call.function);
         let shared = self.shared.clone();
-        Box::pin(call(shared, pool, invocation, request))
+        Box::pin(run_call(shared, pool, call, request))
+    }
+
+    fn remove_artifact(&self, digest: &str) -> BoxFuture<'_, Result<(), String>> {
+        let digest = digest.to_string();
+        Box::pin(async move { self.remove_built_image(&digest).await.map_err(|e| e.to_string()) })
+    }
+
+    fn instances(&self, function: &str) -> Option<Vec<InstanceView>> {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(pools.get(function).map(|p| p.view()).unwrap_or_default())
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.remove_all())
     }
 
     fn retire(&self, function: &str) {
@@ -325,50 +413,33 @@ impl Backend for ContainerBackend {
     }
 }
 
-async fn call(
+async fn run_call(
     shared: Arc<Shared>,
-    pool: Arc<Pool>,
-    invocation: Invocation,
+    pool: Arc<ContainerPool>,
+    call: Call,
     request: http::Request<Bytes>,
 ) -> Result<BackendResponse, BackendError> {
-    let (mut lease, queued) = match pool.acquire(invocation.deadline).await {
-        Ok(acquired) => acquired,
-        Err(error) => {
-            error.finish(invocation);
-            return Err(error);
-        }
-    };
-    let (start, init) = (lease.start, lease.init);
-    let fail = |mut error: BackendError, invocation: Invocation| {
-        error.start = start;
-        error.init = (start != StartKind::Warm).then_some(init);
-        error.finish(invocation);
-        Err(error)
-    };
-    let deadline = tokio::time::Instant::from_std(invocation.deadline);
+    let mut lease = pool.acquire(&call).await?;
+    let deadline = tokio::time::Instant::from_std(call.deadline);
     let instance = lease.instance.clone();
-    let sent =
-        tokio::time::timeout_at(deadline, instance.call(request, &invocation.id, invocation.log.clone()))
-            .await;
+    let sent = tokio::time::timeout_at(deadline, instance.call(request, &call.id, call.log.clone())).await;
     match sent {
         Ok(Ok((response, ended))) => {
-            let status = response.status().as_u16();
             let (parts, body) = response.into_parts();
+            let (completer, completion) = Completion::pending();
             let body = CallBody {
                 inner: body,
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                end: Some(CallEnd { invocation, lease, ended, status, start, init }),
+                end: Some(CallEnd { id: call.id.clone(), lease, ended, completer }),
                 timeout_ms: pool.function.config.timeout_ms,
             };
             Ok(BackendResponse {
                 response: http::Response::from_parts(parts, body.boxed_unsync()),
-                start,
-                init,
-                queued,
+                completion,
             })
         }
         Ok(Err(failure)) => {
-            instance.forget_call(&invocation.id);
+            instance.forget_call(&call.id);
             let (why, wait) = match failure {
                 CallError::Broken(why) => (why, Duration::from_secs(2)),
                 CallError::Function(why) => (why, Duration::from_millis(300)),
@@ -383,54 +454,47 @@ async fn call(
             } else {
                 why
             };
-            fail(BackendError::new(ProblemKind::FunctionFailed, detail), invocation)
+            Err(BackendError::new(ProblemKind::FunctionFailed, detail))
         }
         Err(_elapsed) => {
-            instance.forget_call(&invocation.id);
+            instance.forget_call(&call.id);
             lease.discard();
             let detail = format!(
                 "the function did not respond within its timeout of {}ms; its instance was replaced",
                 pool.function.config.timeout_ms
             );
-            fail(BackendError::new(ProblemKind::DeadlineExceeded, detail), invocation)
+            Err(BackendError::new(ProblemKind::DeadlineExceeded, detail))
         }
     }
 }
 
-/// What ends with the response body: the record, and the hold on the instance.
+/// What ends with the response body: the call's completion, and the hold on the instance.
 struct CallEnd {
-    invocation: Invocation,
+    id: Arc<str>,
     lease: Lease,
     ended: oneshot::Receiver<()>,
-    status: u16,
-    start: StartKind,
-    init: Duration,
+    completer: Completer,
 }
 
 impl CallEnd {
-    /// Writes the record once the shim has sent the call's last log line (briefly waited for).
-    fn finish(self, outcome: Outcome, error: Option<String>, discard: bool) {
-        let Self { invocation, mut lease, ended, status, start, init } = self;
+    /// Completes the call once the shim has sent its last log line (briefly waited for), so the
+    /// record comes after the call's lines.
+    fn finish(self, ending: Ending, discard: bool) {
+        let Self { id, mut lease, ended, completer } = self;
         if discard {
             lease.discard();
         }
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_millis(500), ended).await;
-            lease.instance.forget_call(&invocation.id);
-            invocation.finish(Finish {
-                status,
-                outcome,
-                error,
-                start,
-                init: (start != StartKind::Warm).then_some(init),
-            });
+            lease.instance.forget_call(&id);
+            completer.complete(ending);
             drop(lease);
         });
     }
 }
 
-/// The function's response body, which finishes the call when it ends, breaks off, or runs past
-/// the deadline. Dropped early (the caller left), the call is recorded as abandoned.
+/// The function's response body, which completes the call when it ends, breaks off, or runs
+/// past the deadline. Dropped early (the caller left), the call is given up without an ending.
 struct CallBody {
     inner: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
@@ -449,21 +513,21 @@ impl Body for CallBody {
         if self.end.is_some() && self.deadline.as_mut().poll(cx).is_ready() {
             let why = format!("the response did not finish within the timeout of {}ms", self.timeout_ms);
             if let Some(end) = self.end.take() {
-                end.finish(Outcome::Timeout, Some(why.clone()), true);
+                end.finish(Ending::cut(Outcome::Timeout, why.clone()), true);
             }
             return Poll::Ready(Some(Err(why.into())));
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some(end) = self.end.take() {
-                    end.finish(Outcome::Success, None, false);
+                    end.finish(Ending::success(), false);
                 }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 let why = format!("the response broke off: {e}");
                 if let Some(end) = self.end.take() {
-                    end.finish(Outcome::FunctionError, Some(why.clone()), true);
+                    end.finish(Ending::cut(Outcome::FunctionError, why.clone()), true);
                 }
                 Poll::Ready(Some(Err(why.into())))
             }
@@ -472,7 +536,7 @@ impl Body for CallBody {
                 if self.inner.is_end_stream()
                     && let Some(end) = self.end.take()
                 {
-                    end.finish(Outcome::Success, None, false);
+                    end.finish(Ending::success(), false);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -493,15 +557,24 @@ impl Drop for CallBody {
     fn drop(&mut self) {
         if let Some(end) = self.end.take() {
             if self.inner.is_end_stream() {
-                end.finish(Outcome::Success, None, false);
+                end.finish(Ending::success(), false);
                 return;
             }
-            let CallEnd { invocation, lease, .. } = end;
-            lease.instance.forget_call(&invocation.id);
-            // The invocation records itself as abandoned when dropped unfinished.
-            drop(invocation);
-            drop(lease);
+            // Given up without an ending: the gateway records the call as abandoned.
+            end.lease.instance.forget_call(&end.id);
         }
+    }
+}
+
+fn image_artifact(image: ImageInfo) -> BuiltArtifact {
+    BuiltArtifact { digest: image.id, kind: ArtifactKind::ContainerImage, size: image.size }
+}
+
+/// An engine error as an uploader sees it: 503 while no engine answers, else 422.
+fn engine_failure(error: EngineError) -> BuildFailure {
+    match error {
+        EngineError::Unavailable(_) => BuildFailure::new(ProblemKind::BackendUnavailable, error.to_string()),
+        other => BuildFailure::new(ProblemKind::UnprocessableEntity, other.to_string()),
     }
 }
 

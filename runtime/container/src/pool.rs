@@ -6,49 +6,73 @@
 //! N = ceil(in_flight / concurrency) instances, and callers beyond `max_instances` wait until a
 //! slot frees or their queue timeout passes. An instance is handed out only after it is ready.
 //! Idle instances above `min_instances` are paused after `pause_after_ms` and removed after
-//! `idle_timeout_ms` ([`Pool::tidy`]).
+//! `idle_timeout_ms` ([`Pool::sweep`]).
+//!
+//! The pool drives its instances through a [`Driver`] (containers, in a server; a fake in the
+//! tests below) and keeps time with tokio's clock, so its logic is tested without Docker and
+//! without waiting.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use amphi_contract::function::{ContainerProtocol, FunctionVersion};
-use amphi_contract::{BackendError, ProblemKind, StartKind};
-use tokio::sync::{OnceCell, oneshot};
+use amphi_contract::function::FunctionVersion;
+use amphi_contract::{BackendError, Call, InstanceView, ProblemKind, StartKind};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use crate::image;
-use crate::instance::{Instance, Launch, Shared, StartError};
+use crate::instance::StartError;
 
 /// How often a call past its queue timeout looks whether an instance is still starting for it.
 const START_RECHECK: Duration = Duration::from_millis(25);
 
-/// The image label that says how the image speaks the contract when the config does not.
-pub const PROTOCOL_LABEL: &str = "amphi.protocol";
+/// What the pool asks of the instances it manages, all for one function version.
+pub trait Driver: Send + Sync + 'static {
+    /// One instance.
+    type Instance: Send + Sync + 'static;
 
-/// A pool of instances of one function version.
-pub struct Pool {
-    /// The version the instances run.
-    pub function: Arc<FunctionVersion>,
-    shared: Arc<Shared>,
-    launch: OnceCell<Launch>,
-    state: Mutex<State>,
+    /// Starts an instance and waits until it is ready for calls.
+    fn start(&self) -> impl Future<Output = Result<Arc<Self::Instance>, StartError>> + Send;
+
+    /// Pauses an idle instance.
+    fn pause(&self, instance: &Self::Instance) -> impl Future<Output = Result<(), StartError>> + Send;
+
+    /// Resumes a paused instance.
+    fn unpause(&self, instance: &Self::Instance) -> impl Future<Output = Result<(), StartError>> + Send;
+
+    /// Removes an instance for good.
+    fn remove(&self, instance: &Self::Instance) -> impl Future<Output = ()> + Send;
+
+    /// Whether the instance is known to have stopped on its own (crashed, killed).
+    fn is_gone(&self, instance: &Self::Instance) -> bool;
+
+    /// The instance's id, for the API.
+    fn id(instance: &Self::Instance) -> &str;
 }
 
-#[derive(Default)]
-struct State {
-    slots: Vec<Slot>,
+/// A pool of instances of one function version.
+pub struct Pool<D: Driver> {
+    /// The version the instances run.
+    pub function: Arc<FunctionVersion>,
+    driver: Arc<D>,
+    state: Mutex<State<D>>,
+}
+
+struct State<D: Driver> {
+    slots: Vec<Slot<D>>,
     starting: u32,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    waiters: VecDeque<oneshot::Sender<Grant<D>>>,
     retired: bool,
 }
 
-struct Slot {
-    instance: Arc<Instance>,
+struct Slot<D: Driver> {
+    instance: Arc<D::Instance>,
     status: Status,
     in_flight: u32,
     idle_since: Instant,
     /// How long the instance took to start, until its first call takes it.
-    fresh: Option<Duration>,
+    first_call_init: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,29 +83,17 @@ enum Status {
     Unpausing,
 }
 
-enum Grant {
-    Lease(Lease),
-    Failed(BackendError),
-}
-
-/// What one instance looks like from outside, for the API.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct InstanceView {
-    /// The instance's id.
-    pub id: String,
-    /// `running`, `paused`, `pausing` or `unpausing`.
-    pub state: &'static str,
-    /// Calls it is serving.
-    pub in_flight: u32,
-    /// How long it has been idle, in milliseconds (0 while busy).
-    pub idle_ms: u64,
+enum Grant<D: Driver> {
+    Lease(Lease<D>),
+    /// No instance for this call: why, and how the attempt it paid for went.
+    Failed(BackendError, StartKind, Duration),
 }
 
 /// One call's hold on an instance; released when dropped.
-pub struct Lease {
-    pool: Arc<Pool>,
+pub struct Lease<D: Driver> {
+    pool: Arc<Pool<D>>,
     /// The instance to call.
-    pub instance: Arc<Instance>,
+    pub instance: Arc<D::Instance>,
     /// How the instance was obtained.
     pub start: StartKind,
     /// How long obtaining it took (starting or resuming).
@@ -90,14 +102,14 @@ pub struct Lease {
     armed: bool,
 }
 
-impl Lease {
+impl<D: Driver> Lease<D> {
     /// Marks the instance broken: it is removed instead of reused when the lease ends.
     pub fn discard(&mut self) {
         self.healthy = false;
     }
 }
 
-impl Drop for Lease {
+impl<D: Driver> Drop for Lease<D> {
     fn drop(&mut self) {
         if self.armed {
             self.armed = false;
@@ -106,20 +118,23 @@ impl Drop for Lease {
     }
 }
 
-impl Pool {
-    /// An empty pool for `function`.
-    pub fn new(function: Arc<FunctionVersion>, shared: Arc<Shared>) -> Arc<Self> {
-        Arc::new(Self { function, shared, launch: OnceCell::new(), state: Mutex::default() })
+impl<D: Driver> Pool<D> {
+    /// An empty pool for `function`, whose instances `driver` runs.
+    pub fn new(function: Arc<FunctionVersion>, driver: Arc<D>) -> Arc<Self> {
+        let state = State { slots: Vec::new(), starting: 0, waiters: VecDeque::new(), retired: false };
+        Arc::new(Self { function, driver, state: Mutex::new(state) })
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State<D>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for capacity: at most `queue_timeout` for busy instances to free up, longer while an
-    /// instance is starting for the waiting calls, and never past `deadline`. Returns the lease and
-    /// the time spent waiting for busy instances (a start is counted as `init`, not as queueing).
-    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<(Lease, Duration), BackendError> {
+    /// Waits for capacity for `call`: at most `queue_timeout` for busy instances to free up,
+    /// longer while an instance is starting for the waiting calls, and never past the call's
+    /// deadline. Reports on the call how its instance was obtained and the time spent waiting for
+    /// busy instances (a start is counted as init, not as queueing).
+    pub async fn acquire(self: &Arc<Self>, call: &Call) -> Result<Lease<D>, BackendError> {
+        let deadline = Instant::from_std(call.deadline);
         let queued_at = Instant::now();
         let (tx, mut rx) = oneshot::channel();
         {
@@ -129,12 +144,16 @@ impl Pool {
         }
         let mut limit = (queued_at + self.function.config.container.queue_timeout()).min(deadline);
         loop {
-            let error = match tokio::time::timeout_at(limit.into(), &mut rx).await {
+            let error = match tokio::time::timeout_at(limit, &mut rx).await {
                 Ok(Ok(Grant::Lease(lease))) => {
-                    let waited = queued_at.elapsed().saturating_sub(lease.init);
-                    return Ok((lease, waited));
+                    call.started(lease.start, (lease.start != StartKind::Warm).then_some(lease.init));
+                    call.queued(queued_at.elapsed().saturating_sub(lease.init));
+                    return Ok(lease);
                 }
-                Ok(Ok(Grant::Failed(error))) => error,
+                Ok(Ok(Grant::Failed(error, start, init))) => {
+                    call.started(start, Some(init));
+                    error
+                }
                 Ok(Err(_)) => {
                     BackendError::new(ProblemKind::Internal, "the instance pool dropped a waiting call")
                 }
@@ -172,7 +191,7 @@ impl Pool {
     }
 
     /// Hands free capacity to waiters, oldest first; starts instances when there is none.
-    fn dispatch(self: &Arc<Self>, state: &mut State) {
+    fn dispatch(self: &Arc<Self>, state: &mut State<D>) {
         let config = &self.function.config.container;
         loop {
             state.waiters.retain(|w| !w.is_closed());
@@ -180,13 +199,15 @@ impl Pool {
                 return;
             }
             let running = state.slots.iter().position(|s| {
-                s.status == Status::Running && s.in_flight < config.concurrency && !s.instance.is_gone()
+                s.status == Status::Running
+                    && s.in_flight < config.concurrency
+                    && !self.driver.is_gone(&s.instance)
             });
             if let Some(at) = running {
                 let Some(waiter) = state.waiters.pop_front() else { return };
                 let slot = &mut state.slots[at];
                 slot.in_flight += 1;
-                let (start, init) = match slot.fresh.take() {
+                let (start, init) = match slot.first_call_init.take() {
                     Some(took) => (StartKind::Cold, took),
                     None => (StartKind::Warm, Duration::ZERO),
                 };
@@ -196,7 +217,7 @@ impl Pool {
                     lease.armed = false;
                     let slot = &mut state.slots[at];
                     slot.in_flight -= 1;
-                    slot.fresh = (start == StartKind::Cold).then_some(init);
+                    slot.first_call_init = (start == StartKind::Cold).then_some(init);
                 }
                 continue;
             }
@@ -220,13 +241,13 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Arc<Self>, instance: Arc<Instance>, start: StartKind, init: Duration) -> Lease {
+    fn lease(self: &Arc<Self>, instance: Arc<D::Instance>, start: StartKind, init: Duration) -> Lease<D> {
         Lease { pool: self.clone(), instance, start, init, healthy: true, armed: true }
     }
 
-    async fn resume(self: Arc<Self>, instance: Arc<Instance>, waiter: oneshot::Sender<Grant>) {
+    async fn resume(self: Arc<Self>, instance: Arc<D::Instance>, waiter: oneshot::Sender<Grant<D>>) {
         let began = Instant::now();
-        let resumed = instance.unpause(&self.shared.engine).await;
+        let resumed = self.driver.unpause(&instance).await;
         let mut state = self.state();
         let Some(at) = state.slots.iter().position(|s| Arc::ptr_eq(&s.instance, &instance)) else { return };
         match resumed {
@@ -241,10 +262,8 @@ impl Pool {
             }
             Err(e) => {
                 let slot = state.slots.remove(at);
-                let mut error =
-                    unavailable_or_failed(&e.to_string(), matches!(e, crate::EngineError::Unavailable(_)));
-                (error.start, error.init) = (StartKind::Unpause, Some(began.elapsed()));
-                let _ = waiter.send(Grant::Failed(error));
+                let error = unavailable_or_failed(&e.to_string(), matches!(e, StartError::Unavailable(_)));
+                let _ = waiter.send(Grant::Failed(error, StartKind::Unpause, began.elapsed()));
                 tokio::spawn(self.clone().discard(slot.instance));
             }
         }
@@ -260,10 +279,7 @@ impl Pool {
         for_waiters: bool,
     ) {
         let began = Instant::now();
-        let started = match self.launch().await {
-            Ok(launch) => Instance::start(&self.shared, &self.function, launch).await,
-            Err(e) => Err(e),
-        };
+        let started = self.driver.start().await;
         let mut state = self.state();
         state.starting -= 1;
         let result = match started {
@@ -273,24 +289,23 @@ impl Pool {
                     status: Status::Running,
                     in_flight: 0,
                     idle_since: Instant::now(),
-                    fresh: for_waiters.then(|| began.elapsed()),
+                    first_call_init: for_waiters.then(|| began.elapsed()),
                 });
                 Ok(())
             }
             Err(e) => {
-                let mut error = match e {
+                let error = match e {
                     StartError::Unavailable(why) => unavailable_or_failed(&why, true),
                     StartError::Failed(why) => unavailable_or_failed(
                         &format!("a new instance of `{}` did not start: {why}", self.function.name),
                         false,
                     ),
                 };
-                // The waiter that hears of it paid for the attempt: a cold start, failed.
-                (error.start, error.init) = (StartKind::Cold, Some(began.elapsed()));
-                // The oldest waiter hears why; the others keep waiting for another try.
+                // The oldest waiter hears why, and paid for the attempt: a cold start, failed. The
+                // others keep waiting for another try.
                 state.waiters.retain(|w| !w.is_closed());
                 if let Some(waiter) = state.waiters.pop_front() {
-                    let _ = waiter.send(Grant::Failed(error.clone()));
+                    let _ = waiter.send(Grant::Failed(error.clone(), StartKind::Cold, began.elapsed()));
                 }
                 Err(error)
             }
@@ -305,39 +320,7 @@ impl Pool {
         }
     }
 
-    /// What instances run: the configured command and protocol, else the image's entrypoint and
-    /// command and its `amphi.protocol` label.
-    async fn launch(&self) -> Result<&Launch, StartError> {
-        self.launch
-            .get_or_try_init(|| async {
-                let config = &self.function.config.container;
-                let image = image::inspect(&self.shared.engine, &self.function.digest).await?;
-                let command = config.command.clone().unwrap_or(image.command);
-                if command.is_empty() {
-                    return Err(StartError::Failed(
-                        "the image has no entrypoint or command; set container.command".into(),
-                    ));
-                }
-                let labelled = image.labels.get(PROTOCOL_LABEL).map(String::as_str);
-                let protocol = match (config.protocol, labelled) {
-                    (Some(protocol), _) => protocol,
-                    (None, Some(label)) => ContainerProtocol::parse(label).ok_or_else(|| {
-                        StartError::Failed(format!(
-                            "the image's {PROTOCOL_LABEL} label is `{label}`, not http or cgi"
-                        ))
-                    })?,
-                    (None, None) => ContainerProtocol::Http,
-                };
-                let user = match &config.user {
-                    Some(user) => user.clone(),
-                    None => default_user(&image.user),
-                };
-                Ok(Launch { command, protocol, user })
-            })
-            .await
-    }
-
-    fn release(self: &Arc<Self>, instance: &Arc<Instance>, healthy: bool) {
+    fn release(self: &Arc<Self>, instance: &Arc<D::Instance>, healthy: bool) {
         let mut state = self.state();
         if let Some(at) = state.slots.iter().position(|s| Arc::ptr_eq(&s.instance, instance)) {
             let slot = &mut state.slots[at];
@@ -345,7 +328,7 @@ impl Pool {
             slot.idle_since = Instant::now();
             let idle = slot.in_flight == 0;
             let retired_and_idle = state.retired && idle && state.waiters.is_empty();
-            if !healthy || instance.is_gone() || retired_and_idle {
+            if !healthy || self.driver.is_gone(instance) || retired_and_idle {
                 let slot = state.slots.remove(at);
                 tokio::spawn(self.clone().discard(slot.instance));
             }
@@ -353,12 +336,12 @@ impl Pool {
         self.dispatch(&mut state);
     }
 
-    async fn discard(self: Arc<Self>, instance: Arc<Instance>) {
-        instance.remove(&self.shared).await;
+    async fn discard(self: Arc<Self>, instance: Arc<D::Instance>) {
+        self.driver.remove(&instance).await;
     }
 
     /// Starts instances until `min_instances` exist; resolves when they are ready or failed.
-    pub async fn warm(self: &Arc<Self>) -> Result<(), BackendError> {
+    pub async fn start_reserved(self: &Arc<Self>) -> Result<(), BackendError> {
         let wanted = self.function.config.container.min_instances;
         let mut pending = Vec::new();
         {
@@ -383,7 +366,7 @@ impl Pool {
 
     /// Pauses and removes idle instances above `min_instances`, replaces missing reserved ones,
     /// and empties a retired pool. Returns whether the pool is finished (retired and empty).
-    pub fn tidy(self: &Arc<Self>) -> bool {
+    pub fn sweep(self: &Arc<Self>) -> bool {
         let config = &self.function.config.container;
         let mut state = self.state();
         let now = Instant::now();
@@ -394,7 +377,7 @@ impl Pool {
             return state.slots.is_empty() && state.starting == 0 && state.waiters.is_empty();
         }
         let gone: Vec<usize> =
-            (0..state.slots.len()).filter(|&i| state.slots[i].instance.is_gone()).collect();
+            (0..state.slots.len()).filter(|&i| self.driver.is_gone(&state.slots[i].instance)).collect();
         for at in gone.into_iter().rev() {
             let slot = state.slots.remove(at);
             tokio::spawn(self.clone().discard(slot.instance));
@@ -432,14 +415,14 @@ impl Pool {
         false
     }
 
-    async fn pause(self: Arc<Self>, instance: Arc<Instance>) {
-        let paused = instance.pause(&self.shared.engine).await;
+    async fn pause(self: Arc<Self>, instance: Arc<D::Instance>) {
+        let paused = self.driver.pause(&instance).await;
         let mut state = self.state();
         let Some(at) = state.slots.iter().position(|s| Arc::ptr_eq(&s.instance, &instance)) else { return };
         match paused {
             Ok(()) => state.slots[at].status = Status::Paused,
             Err(e) => {
-                tracing::warn!(instance = %instance.id, error = %e, "cannot pause an idle instance; removing it");
+                tracing::warn!(instance = D::id(&instance), error = %e, "cannot pause an idle instance; removing it");
                 state.slots.remove(at);
                 tokio::spawn(self.clone().discard(instance));
             }
@@ -456,7 +439,7 @@ impl Pool {
         }
     }
 
-    fn drain_idle(self: &Arc<Self>, state: &mut State) {
+    fn drain_idle(self: &Arc<Self>, state: &mut State<D>) {
         let mut index = 0;
         while index < state.slots.len() {
             if state.slots[index].in_flight == 0 && state.slots[index].status != Status::Unpausing {
@@ -475,7 +458,7 @@ impl Pool {
             .slots
             .iter()
             .map(|s| InstanceView {
-                id: s.instance.id.clone(),
+                id: D::id(&s.instance).to_string(),
                 state: match s.status {
                     Status::Running => "running",
                     Status::Pausing => "pausing",
@@ -497,27 +480,257 @@ fn unavailable_or_failed(why: &str, unavailable: bool) -> BackendError {
     }
 }
 
-/// The user an instance runs as when the function does not name one: the image's own, unless
-/// that is root (named or by default), which becomes nobody. A process that escaped the shim's
-/// supervision as root would own whatever the image left writable.
-fn default_user(image_user: &str) -> String {
-    let name = image_user.split(':').next().unwrap_or("");
-    if name.is_empty() || name == "root" || name == "0" { NOBODY.to_string() } else { image_user.to_string() }
-}
-
-/// The unprivileged user (and group) of most distributions.
-const NOBODY: &str = "65534:65534";
-
 #[cfg(test)]
-mod user_tests {
-    use super::default_user;
+mod tests {
+    //! The pool against a fake driver, on tokio's paused clock: deterministic, no Docker, no
+    //! sleeping (the clock jumps to the next timer whenever every task waits).
 
-    #[test]
-    fn root_images_run_as_nobody_others_as_themselves() {
-        for root in ["", "root", "0", "0:0", "root:root"] {
-            assert_eq!(default_user(root), "65534:65534", "{root}");
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use amphi_contract::function::{ArtifactKind, ContainerConfig, FunctionConfig};
+    use amphi_contract::record::{InvocationRecord, LogLine};
+    use amphi_contract::{LogCapture, TelemetrySink};
+
+    use super::*;
+
+    /// Instances that start after `start_time`, fail to start while `failing` is set, and can be
+    /// marked crashed; everything done to them is written down.
+    #[derive(Default)]
+    struct FakeDriver {
+        start_time: Duration,
+        failing: AtomicBool,
+        started: AtomicU32,
+        events: Mutex<Vec<String>>,
+    }
+
+    struct FakeInstance {
+        id: String,
+        crashed: AtomicBool,
+    }
+
+    impl FakeDriver {
+        fn note(&self, event: String) {
+            self.events.lock().expect("lock").push(event);
         }
-        assert_eq!(default_user("app"), "app");
-        assert_eq!(default_user("1000:1000"), "1000:1000");
+
+        fn events(&self) -> Vec<String> {
+            self.events.lock().expect("lock").clone()
+        }
+    }
+
+    impl Driver for FakeDriver {
+        type Instance = FakeInstance;
+
+        async fn start(&self) -> Result<Arc<FakeInstance>, StartError> {
+            tokio::time::sleep(self.start_time).await;
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(StartError::Failed("the function exited with status 1".into()));
+            }
+            let id = format!("i{}", self.started.fetch_add(1, Ordering::Relaxed) + 1);
+            self.note(format!("start {id}"));
+            Ok(Arc::new(FakeInstance { id, crashed: AtomicBool::new(false) }))
+        }
+
+        async fn pause(&self, instance: &FakeInstance) -> Result<(), StartError> {
+            self.note(format!("pause {}", instance.id));
+            Ok(())
+        }
+
+        async fn unpause(&self, instance: &FakeInstance) -> Result<(), StartError> {
+            self.note(format!("unpause {}", instance.id));
+            Ok(())
+        }
+
+        async fn remove(&self, instance: &FakeInstance) {
+            self.note(format!("remove {}", instance.id));
+        }
+
+        fn is_gone(&self, instance: &FakeInstance) -> bool {
+            instance.crashed.load(Ordering::Relaxed)
+        }
+
+        fn id(instance: &FakeInstance) -> &str {
+            &instance.id
+        }
+    }
+
+    struct Nowhere;
+
+    impl TelemetrySink for Nowhere {
+        fn log_line(&self, _: LogLine) {}
+        fn invocation(&self, _: InvocationRecord) {}
+    }
+
+    fn pool(container: ContainerConfig, driver: FakeDriver) -> (Arc<Pool<FakeDriver>>, Arc<FakeDriver>) {
+        let function = Arc::new(FunctionVersion {
+            name: "f".into(),
+            version: 1,
+            digest: "sha256:00".into(),
+            kind: ArtifactKind::ContainerImage,
+            config: FunctionConfig { container, ..Default::default() },
+            created_at_ms: 0,
+        });
+        let driver = Arc::new(driver);
+        (Pool::new(function, driver.clone()), driver)
+    }
+
+    fn call(pool: &Pool<FakeDriver>) -> Call {
+        let function = pool.function.clone();
+        let log = LogCapture::new(Arc::new(Nowhere), "f".into(), "id".into(), 1024);
+        let deadline = std::time::Instant::now() + function.config.timeout();
+        Call::new("id".into(), function, deadline, log)
+    }
+
+    /// Lets every spawned task run until all of them wait (on the paused clock, a timer or a lock).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn one_at_a_time() -> ContainerConfig {
+        ContainerConfig { max_instances: 1, concurrency: 1, ..Default::default() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_calls_are_served_in_arrival_order() {
+        let (pool, driver) = pool(one_at_a_time(), FakeDriver::default());
+        let first = pool.acquire(&call(&pool)).await.expect("a lease");
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for n in 1..=3 {
+            let (pool, served) = (pool.clone(), served.clone());
+            waiting.push(tokio::spawn(async move {
+                let lease = pool.acquire(&call(&pool)).await.expect("a lease");
+                served.lock().expect("lock").push(n);
+                drop(lease);
+            }));
+            settle().await;
+        }
+        assert!(served.lock().expect("lock").is_empty(), "the only instance is busy");
+        drop(first);
+        for task in waiting {
+            task.await.expect("task");
+        }
+        assert_eq!(*served.lock().expect("lock"), [1, 2, 3]);
+        assert_eq!(driver.events(), ["start i1"], "one instance served everyone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pool_grows_to_max_instances_and_queues_beyond() {
+        let config = ContainerConfig { max_instances: 3, concurrency: 1, ..Default::default() };
+        let driver = FakeDriver { start_time: Duration::from_millis(300), ..Default::default() };
+        let (pool, driver) = pool(config, driver);
+        let calls: Vec<Call> = (0..5).map(|_| call(&pool)).collect();
+        let acquiring: Vec<_> = calls
+            .iter()
+            .map(|call| {
+                let (pool, call) = (pool.clone(), call.clone());
+                tokio::spawn(async move { pool.acquire(&call).await })
+            })
+            .collect();
+        settle().await;
+        tokio::time::advance(Duration::from_millis(300)).await;
+        settle().await;
+        assert_eq!(driver.started.load(Ordering::Relaxed), 3, "N = ceil(5 / 1), capped at 3");
+        let mut leases = Vec::new();
+        let mut pending = Vec::new();
+        for task in acquiring {
+            if task.is_finished() {
+                leases.push(task.await.expect("task").expect("a lease"));
+            } else {
+                pending.push(task);
+            }
+        }
+        assert_eq!((leases.len(), pending.len()), (3, 2));
+        assert!(leases.iter().all(|l| l.start == StartKind::Cold), "each started for a waiting call");
+        leases.pop();
+        let next = pending.remove(0).await.expect("task").expect("a lease");
+        assert_eq!(next.start, StartKind::Warm, "a freed instance is warm");
+        assert_eq!(driver.started.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_at_most_its_queue_timeout() {
+        let config = ContainerConfig { queue_timeout_ms: 100, ..one_at_a_time() };
+        let (pool, _) = pool(config, FakeDriver::default());
+        let _busy = pool.acquire(&call(&pool)).await.expect("a lease");
+        let began = Instant::now();
+        let refused = pool.acquire(&call(&pool)).await.err().expect("refused");
+        assert_eq!(refused.kind, ProblemKind::OverCapacity, "{refused}");
+        assert_eq!(began.elapsed(), Duration::from_millis(100), "exactly its queue timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_instances_are_paused_resumed_for_a_call_then_removed() {
+        let config = ContainerConfig { pause_after_ms: 1_000, idle_timeout_ms: 10_000, ..one_at_a_time() };
+        let (pool, driver) = pool(config, FakeDriver::default());
+        drop(pool.acquire(&call(&pool)).await.expect("a lease"));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        pool.sweep();
+        settle().await;
+        assert_eq!(pool.view()[0].state, "running", "not idle long enough");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        pool.sweep();
+        settle().await;
+        assert_eq!(pool.view()[0].state, "paused");
+
+        let resumed = call(&pool);
+        drop(pool.acquire(&resumed).await.expect("a lease"));
+        assert_eq!(resumed.facts().start, StartKind::Unpause);
+        assert_eq!(driver.events(), ["start i1", "pause i1", "unpause i1"]);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pool.sweep();
+        settle().await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        pool.sweep();
+        settle().await;
+        assert!(pool.view().is_empty(), "removed after its idle timeout");
+        assert_eq!(driver.events().last().map(String::as_str), Some("remove i1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_pool_keeps_a_busy_instance_until_its_call_ends() {
+        let config = ContainerConfig { max_instances: 2, ..one_at_a_time() };
+        let (pool, driver) = pool(config, FakeDriver::default());
+        let busy = pool.acquire(&call(&pool)).await.expect("a lease");
+        let idle = pool.acquire(&call(&pool)).await.expect("a lease");
+        drop(idle);
+        pool.retire();
+        settle().await;
+        assert_eq!(driver.events(), ["start i1", "start i2", "remove i2"], "the idle one goes at once");
+        assert!(!pool.sweep(), "not finished while a call runs");
+        drop(busy);
+        settle().await;
+        assert_eq!(driver.events().last().map(String::as_str), Some("remove i1"));
+        assert!(pool.sweep(), "finished once empty");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_that_crashes_while_busy_is_replaced() {
+        let (pool, driver) = pool(one_at_a_time(), FakeDriver::default());
+        let lease = pool.acquire(&call(&pool)).await.expect("a lease");
+        lease.instance.crashed.store(true, Ordering::Relaxed);
+        drop(lease);
+        settle().await;
+        let next = call(&pool);
+        let lease = pool.acquire(&next).await.expect("a lease");
+        assert_eq!(lease.instance.id, "i2");
+        assert_eq!(next.facts().start, StartKind::Cold);
+        assert_eq!(driver.events(), ["start i1", "remove i1", "start i2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_start_is_told_to_the_call_it_was_for() {
+        let driver = FakeDriver { start_time: Duration::from_millis(50), ..Default::default() };
+        driver.failing.store(true, Ordering::Relaxed);
+        let (pool, _) = pool(one_at_a_time(), driver);
+        let failed = call(&pool);
+        let error = pool.acquire(&failed).await.err().expect("no instance");
+        assert_eq!(error.kind, ProblemKind::FunctionFailed);
+        assert!(error.detail.contains("did not start: the function exited"), "{error}");
+        let facts = failed.facts();
+        assert_eq!((facts.start, facts.init), (StartKind::Cold, Some(Duration::from_millis(50))));
     }
 }

@@ -222,6 +222,19 @@ impl FunctionConfig {
         Duration::from_millis(self.queue_timeout_ms)
     }
 
+    /// This config with `patch` (a JSON merge patch, RFC 7396) applied: fields the patch does not
+    /// name keep their values, and `null` resets a field to its default. Not validated; callers
+    /// validate the result as they would any config.
+    pub fn with_patch(&self, patch: &serde_json::Value) -> Result<FunctionConfig, String> {
+        if !patch.is_object() {
+            return Err("a config patch must be a JSON object".into());
+        }
+        let mut config =
+            serde_json::to_value(self).map_err(|e| format!("cannot represent the config: {e}"))?;
+        json_patch::merge(&mut config, patch);
+        serde_json::from_value(config).map_err(|e| format!("invalid config: {e}"))
+    }
+
     /// Checks the config on its own; backends check what depends on them (such as memory ceilings).
     pub fn validate(&self) -> Result<(), String> {
         if self.timeout_ms == 0 || self.timeout() > Self::MAX_TIMEOUT {

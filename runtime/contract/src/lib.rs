@@ -8,23 +8,27 @@
 //! - [`headers`]: the metadata headers in and out;
 //! - [`problem`]: platform errors as `application/problem+json`, with their fixed statuses;
 //! - [`record`]: the invocation record and log lines, one shape for every backend;
-//! - [`invocation`]: one call in flight: metadata, log capture, and the record it leaves;
+//! - [`capture`]: a call's output split into log lines, within a budget;
+//! - [`call`]: one call as a backend sees it, and how the backend reports its start and its end;
 //! - [`backend`]: the trait the gateway dispatches to.
 
 pub mod backend;
+pub mod call;
+pub mod capture;
 pub mod cgi;
 pub mod function;
 pub mod headers;
-pub mod invocation;
 pub mod problem;
 pub mod record;
 pub mod size;
 
 pub use backend::{
-    Backend, BackendError, BackendResponse, BoxError, ConnectionInfo, InvokeFuture, ResponseBody,
+    Backend, BackendError, BackendResponse, BoxError, BoxFuture, BuildFailure, BuildProgress, BuiltArtifact,
+    CheckedSource, ConnectionInfo, InstanceView, InvokeFuture, ResponseBody, SourceUpload, UploadError,
 };
+pub use call::{Call, Completer, Completion, Ending, StartFacts};
+pub use capture::{LogCapture, TelemetrySink, now_unix_us};
 pub use function::{ArtifactKind, FunctionConfig, FunctionVersion};
-pub use invocation::{Finish, Invocation, LogCapture, TelemetrySink};
 pub use problem::{Problem, ProblemKind};
 pub use record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};
 

@@ -6,20 +6,20 @@
 //! | `POST /v1/artifacts` | upload a `.wasm` (validated and compiled), a build context (built into an image; `dockerfile`, `function`; NDJSON progress with `Accept: application/x-ndjson`) or `{"image": ref}` → `{digest, kind, size}` |
 //! | `GET /v1/functions` | the current version of every function |
 //! | `PUT /v1/functions/{name}` | `{digest, config}` → a new version, current at once |
-//! | `GET /v1/functions/{name}` | the current version and every version |
+//! | `GET /v1/functions/{name}` | the current version, every version, calls in flight, instances |
 //! | `PATCH /v1/functions/{name}` | change config fields → a new version of the same artifact |
 //! | `DELETE /v1/functions/{name}` | delete the function and its versions |
 //! | `GET /v1/logs` | log lines: `function`, `invocation`, `since`, `limit`, `follow` |
 //! | `GET /v1/invocations` | invocation records: `function`, `since`, `limit` |
 //! | `GET /v1/invocations/{id}` | one record with its log lines |
-//! | `GET /v1/stats` | counters of the backends and the log store |
+//! | `GET /v1/stats` | calls in flight, counters of the backends and the log store |
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
-use amphi_contract::invocation::now_unix_us;
+use amphi_contract::function::{FunctionConfig, FunctionVersion};
+use amphi_contract::now_unix_us;
 use amphi_contract::{Problem, ProblemKind, ResponseBody};
 use amphi_store::logs::{InvocationQuery, LogQuery};
 use bytes::Bytes;
@@ -31,7 +31,7 @@ use serde_json::json;
 
 use crate::platform::{Platform, blocking, internal};
 use crate::respond::{self, json, problem, problem_of};
-use crate::{build, follow};
+use crate::{follow, source_build};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
@@ -136,7 +136,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -
         .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid JSON: {e}")))
 }
 
-/// An upload is one of: a `.wasm` file; a build context (tar or tar.gz, see [`build`]); or
+/// An upload is one of: a `.wasm` file; a build context (tar or tar.gz, see [`source_build`]); or
 /// `{"image": "name:tag"}` (JSON) naming an image already on the Docker engine.
 async fn upload(
     platform: &Arc<Platform>,
@@ -154,19 +154,20 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
     if is_json {
-        return build::import_image(platform, read_json(request).await?).await;
+        return source_build::import_image(platform, read_json(request).await?).await;
     }
     let body = read_body(request, platform.config.max_upload_bytes as usize).await?;
     if body.is_empty() {
         return Err(Problem::new(ProblemKind::BadRequest, "the upload is empty"));
     }
-    if amphi_container::context::looks_like_context(&body) {
-        let build = build::BuildRequest {
+    if let Some(builder) = platform.builder_for(&body) {
+        let build = source_build::BuildRequest {
+            builder,
             context: body,
             dockerfile: query.get("dockerfile").cloned().unwrap_or_else(|| "Dockerfile".into()),
             function: query.get("function").cloned(),
         };
-        return build::build(platform, build, streaming).await;
+        return source_build::build(platform, build, streaming).await;
     }
     let (artifact, created) = platform.upload(body).await?;
     Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &artifact))
@@ -210,11 +211,12 @@ fn deployed_response((function, warning): (FunctionVersion, Option<String>)) -> 
 }
 
 async fn describe(platform: &Arc<Platform>, name: &str) -> Result<Response<ResponseBody>, Problem> {
-    let current = platform.route(name).ok_or_else(|| not_found(name))?.function;
+    let route = platform.route(name).ok_or_else(|| not_found(name))?;
     let versions = platform.versions(name.to_string()).await?;
-    let mut body = json!({ "function": current, "versions": versions });
-    if current.kind == ArtifactKind::ContainerImage {
-        body["instances"] = json!(platform.container.instances(name));
+    let in_flight = route.capacity.in_flight();
+    let mut body = json!({ "function": route.function, "versions": versions, "in_flight": in_flight });
+    if let Some(instances) = route.backend.instances(name) {
+        body["instances"] = json!(instances);
     }
     Ok(json(StatusCode::OK, &body))
 }
@@ -273,26 +275,16 @@ async fn invocation(platform: &Arc<Platform>, id: &str) -> Result<Response<Respo
 }
 
 fn stats(platform: &Platform) -> Response<ResponseBody> {
-    let wasm = platform.wasm.stats();
-    json(
-        StatusCode::OK,
-        &json!({
-            "functions": platform.functions().len(),
-            "data_directory_bytes": platform.data_bytes(),
-            "wasm": {
-                "pooling_allocator": wasm.pooling_allocator,
-                "compiled": wasm.compiled,
-                "loaded_from_disk": wasm.loaded_from_disk,
-                "instances_made": wasm.instances_made,
-                "instance_mean_ns": wasm.instance_mean_ns,
-                "ready_hits": wasm.ready_hits,
-                "ready_misses": wasm.ready_misses,
-                "memory_budget_bytes": wasm.memory_budget_bytes,
-                "memory_in_use_bytes": wasm.memory_in_use_bytes,
-            },
-            "logs": { "lines_stored": platform.logs.lines_stored(), "dropped": platform.logs.dropped() },
-        }),
-    )
+    let mut body = json!({
+        "functions": platform.functions().len(),
+        "in_flight": platform.in_flight(),
+        "data_directory_bytes": platform.data_bytes(),
+        "logs": { "lines_stored": platform.logs.lines_stored(), "dropped": platform.logs.dropped() },
+    });
+    for (backend, stats) in platform.backend_stats() {
+        body[backend] = stats;
+    }
+    json(StatusCode::OK, &body)
 }
 
 fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Problem> {

@@ -18,12 +18,15 @@ pub struct Capacity {
     /// Slots to take out of circulation as they come back (the limit was lowered while they were
     /// in use).
     debt: Arc<AtomicUsize>,
+    /// Slots held now: calls in flight.
+    in_use: Arc<AtomicUsize>,
 }
 
 /// One slot, held for a call's whole life (its response body included).
 pub struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     debt: Arc<AtomicUsize>,
+    in_use: Arc<AtomicUsize>,
 }
 
 impl Capacity {
@@ -34,6 +37,7 @@ impl Capacity {
             semaphore: Arc::new(Semaphore::new(limit)),
             limit: AtomicUsize::new(limit),
             debt: Arc::new(AtomicUsize::new(0)),
+            in_use: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -71,18 +75,25 @@ impl Capacity {
                 tokio::time::timeout(patience, self.semaphore.clone().acquire_owned()).await.ok()?.ok()?
             }
         };
-        Some(Slot { permit: Some(permit), debt: self.debt.clone() })
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { permit: Some(permit), debt: self.debt.clone(), in_use: self.in_use.clone() })
     }
 
     /// Slots free now.
     pub fn available(&self) -> usize {
         self.semaphore.available_permits()
     }
+
+    /// Calls holding a slot now (their responses may still be streaming).
+    pub fn in_flight(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let Some(permit) = self.permit.take() else { return };
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
         let owed = self.debt.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1)).is_ok();
         if owed {
             permit.forget();

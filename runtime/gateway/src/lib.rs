@@ -4,18 +4,20 @@
 //!   keep-alive, h2c); graceful shutdown;
 //! - [`trigger`]: `/fn/{name}[/{rest}]` → body → admission → backend, with the contract's headers;
 //! - [`capacity`]: a function's concurrency slots, one set per name, resized on redeploy;
+//! - [`invocation`]: a call's invocation record, written in this one place however the call ends;
 //! - [`admin`]: the `/v1` admin API (deploy, describe, delete, logs, invocations);
 //! - [`follow`]: live log streaming;
 //! - [`platform`]: registry, artifacts, log store, backends and the live route table.
 
 pub mod admin;
-pub mod build;
 pub mod capacity;
 pub mod config;
 pub mod follow;
+pub mod invocation;
 pub mod platform;
 pub mod respond;
 pub mod server;
+pub mod source_build;
 pub mod trigger;
 
 pub use config::ServeConfig;
@@ -39,10 +41,21 @@ pub enum GatewayError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The container backend could not be set up.
+    #[error(transparent)]
+    Container(#[from] amphi_container::ContainerError),
     /// A stored function has a kind no backend serves.
     #[error("no backend serves artifacts of kind {0}")]
     NoBackend(String),
-    /// Start-up failed otherwise.
-    #[error("start-up failed: {0}")]
-    Startup(String),
+    /// A thread or runtime of the server could not start.
+    #[error("cannot start {what}: {source}")]
+    Startup {
+        /// What was starting.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Opening the platform stopped half-way (its task panicked or was cancelled).
+    #[error("opening the platform failed: {0}")]
+    Open(#[from] tokio::task::JoinError),
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use amphi_container::ContainerBackend;
 use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion, validate_name};
-use amphi_contract::{Backend, Problem, ProblemKind};
+use amphi_contract::{Backend, BoxFuture, BuildFailure, BuiltArtifact, Problem, ProblemKind, UploadError};
 use amphi_store::artifacts::Artifacts;
 use amphi_store::logs::LogStore;
 use amphi_store::registry::{ArtifactInfo, Registry};
@@ -50,10 +50,6 @@ pub struct Platform {
     artifacts: Arc<Artifacts>,
     /// The log store.
     pub logs: Arc<LogStore>,
-    /// The wasm backend.
-    pub wasm: Arc<WasmBackend>,
-    /// The container backend.
-    pub container: Arc<ContainerBackend>,
     backends: Vec<Arc<dyn Backend>>,
     routes: RwLock<HashMap<String, Route>>,
     deploys: tokio::sync::Mutex<()>,
@@ -96,16 +92,13 @@ impl Platform {
         let registry = Registry::open(&data)?;
         let logs = Arc::new(LogStore::open(&data, config.logs.clone())?);
         let wasm = Arc::new(WasmBackend::new(config.wasm.clone(), artifacts.clone())?);
-        let container = ContainerBackend::new(data.path(), data.installation_id()?, logs.clone())
-            .map_err(|e| GatewayError::Startup(e.to_string()))?;
+        let container = ContainerBackend::new(data.path(), data.installation_id()?, logs.clone())?;
         let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone(), container.clone()];
         let platform = Self {
             data,
             registry,
             artifacts,
             logs,
-            wasm,
-            container,
             backends,
             routes: RwLock::default(),
             deploys: tokio::sync::Mutex::new(()),
@@ -123,9 +116,31 @@ impl Platform {
     /// Starts the backends' background work (the container backend's clean-up and reserved
     /// instances). Call once, on the runtime.
     pub fn start_backends(&self) {
-        let containers =
-            self.functions().into_iter().filter(|f| f.kind == ArtifactKind::ContainerImage).collect();
-        self.container.start(containers);
+        let functions = self.functions();
+        for backend in &self.backends {
+            let served = functions.iter().filter(|f| backend.serves(f.kind)).cloned().collect();
+            backend.clone().start(served);
+        }
+    }
+
+    /// Stops every backend: calls end, containers are removed.
+    pub async fn shutdown_backends(&self) {
+        for backend in &self.backends {
+            backend.shutdown().await;
+        }
+    }
+
+    /// The backend that runs artifacts of `kind`.
+    fn backend_for(&self, kind: ArtifactKind) -> Result<&Arc<dyn Backend>, GatewayError> {
+        self.backends
+            .iter()
+            .find(|b| b.serves(kind))
+            .ok_or_else(|| GatewayError::NoBackend(kind.as_str().to_string()))
+    }
+
+    /// Every backend's counters, by backend name.
+    pub fn backend_stats(&self) -> Vec<(&'static str, serde_json::Value)> {
+        self.backends.iter().filter_map(|b| Some((b.kind().as_str(), b.stats()?))).collect()
     }
 
     /// Collects garbage now and every `config.gc_every` after, until shutdown.
@@ -161,7 +176,7 @@ impl Platform {
     pub async fn collect_garbage(self: &Arc<Self>) -> Result<Collected, Problem> {
         let _serialised = self.deploys.lock().await;
         let grace = u64::try_from(self.config.gc_grace.as_millis()).unwrap_or(u64::MAX);
-        let before = (amphi_contract::invocation::now_unix_us() / 1000).saturating_sub(grace);
+        let before = (amphi_contract::now_unix_us() / 1000).saturating_sub(grace);
         let platform = self.clone();
         let candidates = blocking(move || {
             platform.registry.unreferenced_artifacts(before, KEPT_VERSIONS).map_err(internal)
@@ -169,10 +184,9 @@ impl Platform {
         .await?;
         let mut collected = Collected::default();
         for artifact in candidates {
-            if artifact.kind == ArtifactKind::ContainerImage
-                && let Err(error) = self.container.remove_built_image(&artifact.digest).await
-            {
-                tracing::debug!(digest = %artifact.digest, %error, "an image stays for now");
+            let backend = self.backend_for(artifact.kind).map_err(internal)?;
+            if let Err(error) = backend.remove_artifact(&artifact.digest).await {
+                tracing::debug!(digest = %artifact.digest, %error, "an artifact stays for now");
                 continue;
             }
             let platform = self.clone();
@@ -226,6 +240,12 @@ impl Platform {
         self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
+    /// Calls in flight now, over every function.
+    pub fn in_flight(&self) -> usize {
+        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes.values().map(|r| r.capacity.in_flight()).sum()
+    }
+
     /// The current version of every function, by name.
     pub fn functions(&self) -> Vec<Arc<FunctionVersion>> {
         let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -253,13 +273,20 @@ impl Platform {
             return Ok((known, false));
         }
         // Validate before anything is stored: a refused upload leaves nothing behind.
-        let refused = |e: amphi_wasm::PrepareError| match e {
-            amphi_wasm::PrepareError::Store(e) => internal(e),
+        let refused = |e: UploadError| match e {
+            UploadError::Internal(e) => internal(e),
             refused => Problem::new(ProblemKind::UnprocessableEntity, refused.to_string()),
+        };
+        let preparing = self.backends.iter().find_map(|b| b.prepare_upload(&digest, bytes.clone()));
+        let Some(preparing) = preparing else {
+            return Err(Problem::new(
+                ProblemKind::UnprocessableEntity,
+                "no backend takes uploaded artifacts",
+            ));
         };
         let mut shutdown = self.shutdown_signal();
         let kind = tokio::select! {
-            prepared = self.wasm.prepare_upload(&digest, bytes.clone()) => prepared.map_err(refused)?,
+            prepared = preparing => prepared.map_err(refused)?,
             _ = shutdown.wait_for(|stopping| *stopping) => {
                 return Err(Problem::new(ProblemKind::BackendUnavailable, "the server is shutting down"));
             }
@@ -274,18 +301,27 @@ impl Platform {
         .await
     }
 
-    /// Registers an image already on the engine (its id is the artifact digest).
-    pub async fn register_image(
+    /// The backend that builds `bytes` into an artifact, if they are source one builds from.
+    pub fn builder_for(&self, bytes: &[u8]) -> Option<Arc<dyn Backend>> {
+        self.backends.iter().find(|b| b.builds_from(bytes)).cloned()
+    }
+
+    /// Looks `reference` up on the engine of the first backend that imports artifacts.
+    pub fn import(&self, reference: &str) -> Option<BoxFuture<'_, Result<BuiltArtifact, BuildFailure>>> {
+        self.backends.iter().find_map(|b| b.import(reference))
+    }
+
+    /// Registers an artifact a backend built or found (its digest is the artifact's).
+    pub async fn register_built(
         self: &Arc<Self>,
-        image: amphi_container::ImageInfo,
+        built: BuiltArtifact,
     ) -> Result<(ArtifactInfo, bool), Problem> {
         let platform = self.clone();
         blocking(move || {
-            if let Some(known) = platform.registry.artifact(&image.id).map_err(internal)? {
+            if let Some(known) = platform.registry.artifact(&built.digest).map_err(internal)? {
                 return Ok((known, false));
             }
-            let info =
-                ArtifactInfo { digest: image.id, kind: ArtifactKind::ContainerImage, size: image.size };
+            let info = ArtifactInfo { digest: built.digest, kind: built.kind, size: built.size };
             platform.registry.add_artifact(&info).map_err(internal)?;
             Ok((info, true))
         })
@@ -315,18 +351,13 @@ impl Platform {
         name: String,
         patch: serde_json::Value,
     ) -> Result<(FunctionVersion, Option<String>), Problem> {
-        if !patch.is_object() {
-            return Err(Problem::new(ProblemKind::BadRequest, "a config patch must be a JSON object"));
-        }
         let serialised = self.deploys.lock().await;
         let current = self
             .route(&name)
             .ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("no function named `{name}`")))?
             .function;
-        let mut config = serde_json::to_value(&current.config).map_err(internal)?;
-        json_patch::merge(&mut config, &patch);
-        let config: FunctionConfig = serde_json::from_value(config)
-            .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid config: {e}")))?;
+        let config =
+            current.config.with_patch(&patch).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
         self.deploy_serialised(serialised, name, current.digest.clone(), config).await
     }
 
@@ -348,13 +379,8 @@ impl Platform {
             };
             let artifact =
                 platform.registry.artifact(&digest).map_err(internal)?.ok_or_else(|| unknown(&digest))?;
-            match artifact.kind {
-                ArtifactKind::ContainerImage => platform.container.check_config(&config),
-                ArtifactKind::WasiHttpComponent | ArtifactKind::CgiModule => {
-                    platform.wasm.check_config(&config)
-                }
-            }
-            .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
+            let backend = platform.backend_for(artifact.kind).map_err(internal)?;
+            backend.check_config(&config).map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
             platform.registry.deploy(&name, &digest, &config).map_err(|e| match e {
                 StoreError::UnknownArtifact(digest) => unknown(&digest),
                 other => internal(other),
@@ -364,15 +390,10 @@ impl Platform {
         let current = self.install_route(function.clone()).map_err(internal)?;
         // Other deploys need not wait for this one's instances to start.
         drop(serialised);
-        let warning = match function.kind {
-            ArtifactKind::ContainerImage => self.container.warm(current).await.err().map(|e| {
-                format!(
-                    "version {} is deployed, but its reserved instances did not start: {e}",
-                    function.version
-                )
-            }),
-            _ => None,
-        };
+        let backend = self.backend_for(function.kind).map_err(internal)?;
+        let warning = backend.deployed(current).await.err().map(|e| {
+            format!("version {} is deployed, but its reserved instances did not start: {e}", function.version)
+        });
         Ok((function, warning))
     }
 
@@ -391,12 +412,7 @@ impl Platform {
     }
 
     fn install_route(&self, function: FunctionVersion) -> Result<Arc<FunctionVersion>, GatewayError> {
-        let backend = self
-            .backends
-            .iter()
-            .find(|b| b.serves(function.kind))
-            .cloned()
-            .ok_or_else(|| GatewayError::NoBackend(function.kind.as_str().to_string()))?;
+        let backend = self.backend_for(function.kind)?.clone();
         let name = function.name.clone();
         let limit = function.config.concurrency;
         let function = Arc::new(function);

@@ -51,9 +51,7 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let (platform, token_source) = tokio::task::spawn_blocking(move || Platform::open(config))
-            .await
-            .map_err(|e| GatewayError::Startup(e.to_string()))??;
+        let (platform, token_source) = tokio::task::spawn_blocking(move || Platform::open(config)).await??;
         let listeners =
             bind_listeners(listen, workers).map_err(|source| GatewayError::Bind { addr: listen, source })?;
         platform.start_backends();
@@ -81,7 +79,7 @@ impl Server {
         let runtimes = (0..listeners.len())
             .map(|_| tokio::runtime::Builder::new_current_thread().enable_all().build())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| GatewayError::Startup(format!("cannot start the workers: {e}")))?;
+            .map_err(|source| GatewayError::Startup { what: "the workers".into(), source })?;
         let (stop, stopped) = watch::channel(false);
         let (finish, finished) = watch::channel(false);
         let mut workers = Vec::new();
@@ -98,10 +96,8 @@ impl Server {
                         let _ = finished.wait_for(|finish| *finish).await;
                     });
                 })
-                .map_err(|e| {
-                    // The workers already running stop with the sender's drop; nothing was served.
-                    GatewayError::Startup(format!("cannot start worker {index}: {e}"))
-                })?;
+                // The workers already running stop with the sender's drop; nothing was served.
+                .map_err(|source| GatewayError::Startup { what: format!("worker {index}"), source })?;
             workers.push((thread, drained));
         }
 
@@ -112,7 +108,7 @@ impl Server {
         for (_, drained) in &mut workers {
             let _ = drained.await;
         }
-        platform.container.shutdown().await;
+        platform.shutdown_backends().await;
         finish.send_replace(true);
         let logs = platform.logs.clone();
         let _ = tokio::task::spawn_blocking(move || {

@@ -5,22 +5,19 @@
 //! headers. The function sees `/{rest}` (or `/`)
 //! with the raw query, the caller's headers minus any `amphi-*` ones, and the metadata headers.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use amphi_contract::headers;
 use amphi_contract::{
-    BackendError, BackendResponse, ConnectionInfo, Invocation, Problem, ProblemKind, ResponseBody, StartKind,
+    BackendError, BackendResponse, ConnectionInfo, Problem, ProblemKind, ResponseBody, StartFacts, StartKind,
 };
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::capacity::Slot;
+use crate::invocation::Invocation;
 use crate::platform::Platform;
 use crate::respond;
 
@@ -71,11 +68,12 @@ pub async fn invoke(
         platform.logs.clone(),
         platform.config.log_bytes_per_invocation,
     );
-    let id = invocation.id.clone();
+    let id = invocation.id().to_string();
     let refuse = |invocation: Invocation, kind: ProblemKind, detail: String| {
         let error = BackendError::new(kind, detail);
-        error.finish(invocation);
-        failure_response(&id, backend.as_str(), &error, received.elapsed())
+        let facts = invocation.facts();
+        invocation.fail(&error);
+        failure_response(&id, backend.as_str(), &error, received.elapsed(), facts)
     };
     if let Some(bad) = control_character(rest) {
         let detail = format!("the path holds a control character ({bad:?}) once percent-decoded");
@@ -136,9 +134,11 @@ pub async fn invoke(
     let request = Request::from_parts(parts, body);
 
     let dispatched = Instant::now();
-    match route.backend.invoke(invocation, request).await {
-        Ok(BackendResponse { response, start, init, queued }) => {
-            let exec = dispatched.elapsed().saturating_sub(init + queued);
+    match route.backend.invoke(invocation.call(), request).await {
+        Ok(BackendResponse { response, completion }) => {
+            let facts = invocation.facts();
+            let init = facts.init.unwrap_or_default();
+            let exec = dispatched.elapsed().saturating_sub(init + facts.queued);
             let (mut parts, body) = response.into_parts();
             // Only the platform speaks `amphi-*`: a function cannot pass for it.
             headers::remove_reserved(&mut parts.headers);
@@ -146,20 +146,22 @@ pub async fn invoke(
                 &mut parts.headers,
                 &id,
                 backend.as_str(),
-                (queue + queued, (start, init), exec),
+                (queue + facts.queued, (facts.start, init), exec),
             );
-            let body = PermitBody { inner: body, _permit: permit }.boxed_unsync();
+            let body = invocation.into_body(parts.status.as_u16(), body, completion, permit);
             Response::from_parts(parts, body)
         }
         Err(error) => {
             drop(permit);
-            failure_response(&id, backend.as_str(), &error, queue)
+            let facts = invocation.facts();
+            invocation.fail(&error);
+            failure_response(&id, backend.as_str(), &error, queue, facts)
         }
     }
 }
 
 /// `path` as a record keeps it: whole up to [`RECORD_PATH_BYTES`], else cut and marked.
-fn record_path(path: &str) -> String {
+pub fn record_path(path: &str) -> String {
     if path.len() <= RECORD_PATH_BYTES {
         return path.to_string();
     }
@@ -172,7 +174,7 @@ fn record_path(path: &str) -> String {
 
 /// The first control character of the percent-decoded `path`, if any: a CR or LF there would
 /// reach a CGI program's `PATH_INFO`, or a function's own logs, as a line break.
-fn control_character(path: &str) -> Option<char> {
+pub fn control_character(path: &str) -> Option<char> {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     decoded.chars().find(|c| c.is_control())
 }
@@ -228,12 +230,12 @@ fn too_large(max: u64) -> String {
 /// Removes the caller's `amphi-*` headers (only the platform sets those) and adds the metadata.
 fn prepare_headers(headers: &mut HeaderMap, invocation: &Invocation) {
     headers::remove_reserved(headers);
-    let function = &invocation.function;
+    let function = invocation.function();
     let pairs = [
-        (headers::INVOCATION_ID, invocation.id.clone()),
+        (headers::INVOCATION_ID, invocation.id().to_string()),
         (headers::FUNCTION, function.name.clone()),
         (headers::FUNCTION_VERSION, function.version.to_string()),
-        (headers::DEADLINE, invocation.deadline_unix_ms.to_string()),
+        (headers::DEADLINE, invocation.deadline_unix_ms().to_string()),
     ];
     for (name, value) in pairs {
         if let Ok(value) = HeaderValue::from_str(&value) {
@@ -266,42 +268,17 @@ fn failure_response(
     backend: &'static str,
     error: &BackendError,
     queue: Duration,
+    facts: StartFacts,
 ) -> Response<ResponseBody> {
     let mut response = respond::problem(Problem::new(error.kind, error.detail.clone()).with_instance(id));
-    let init = error.init.unwrap_or_default();
+    let init = facts.init.unwrap_or_default();
     insert_contract_headers(
         response.headers_mut(),
         id,
         backend,
-        (queue, (error.start, init), Duration::ZERO),
+        (queue, (facts.start, init), Duration::ZERO),
     );
     response
-}
-
-/// A response body that holds the call's concurrency slot until it is sent or dropped.
-struct PermitBody {
-    inner: ResponseBody,
-    _permit: Slot,
-}
-
-impl Body for PermitBody {
-    type Data = Bytes;
-    type Error = amphi_contract::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!
 //! Indexed for the three questions users ask: the last N lines of a function, everything of one
 //! invocation, and everything since a time. Retention removes lines and records older than a
-//! maximum age and beyond a maximum count, oldest first.
+//! maximum age and beyond a maximum count, oldest first; and, checked after every batch, the
+//! oldest of both once the database's data takes more than its byte budget.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -16,9 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use amphi_contract::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};
-use amphi_contract::{TelemetrySink, invocation::now_unix_us};
+use amphi_contract::{TelemetrySink, now_unix_us};
 use rusqlite::types::Value;
-use rusqlite::{Connection, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -33,6 +34,9 @@ pub struct LogStoreConfig {
     pub max_lines: u64,
     /// At most this many invocation records are kept (oldest removed first).
     pub max_invocations: u64,
+    /// Most bytes the store's database may take on disk; past it the oldest lines and records
+    /// are removed until it is back under nine tenths of this (`serve --log-max-size`).
+    pub max_bytes: u64,
     /// Items waiting to be written; beyond this they are dropped and counted.
     pub queue_capacity: usize,
 }
@@ -43,6 +47,7 @@ impl Default for LogStoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             max_lines: 10_000_000,
             max_invocations: 1_000_000,
+            max_bytes: 10 << 30,
             queue_capacity: 256 * 1024,
         }
     }
@@ -156,13 +161,17 @@ const MAX_BATCH: usize = 8192;
 const LINGER: Duration = Duration::from_millis(5);
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
 const RETENTION_CHUNK: i64 = 50_000;
+/// Largest the write-ahead log stays after a checkpoint (it grows past it only by one batch).
+const WAL_BYTES: u64 = 4 << 20;
 
 impl LogStore {
     /// Opens (creating if needed) `logs.db` in the data directory and starts its writer thread.
     pub fn open(data: &crate::DataDir, config: LogStoreConfig) -> Result<Self, StoreError> {
         let path = data.private_database("logs.db")?;
         let writer_conn = Connection::open(&path)?;
-        writer_conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
+        writer_conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit={WAL_BYTES};"
+        ))?;
         writer_conn.execute_batch(SCHEMA)?;
         add_start_column(&writer_conn)?;
         let reader = Connection::open(&path)?;
@@ -348,6 +357,7 @@ impl Writer {
     fn run(mut self, queue: Receiver<Op>) {
         let mut last_retention = Instant::now();
         self.apply_retention();
+        self.keep_within_budget();
         loop {
             let wait = RETENTION_EVERY.saturating_sub(last_retention.elapsed());
             let first = match queue.recv_timeout(wait) {
@@ -371,12 +381,102 @@ impl Writer {
                 if let Err(e) = self.write_batch(batch) {
                     tracing::error!(error = %e, "log store: a batch could not be written");
                 }
+                // After every batch, so the file outgrows its budget by one batch at most.
+                self.keep_within_budget();
             }
             if last_retention.elapsed() >= RETENTION_EVERY {
                 self.apply_retention();
                 last_retention = Instant::now();
             }
         }
+    }
+
+    /// Bytes of the database's pages that hold data (freed pages are reused before the file
+    /// grows). Three reads of the database header: cheap enough for every batch.
+    fn used_bytes(&self) -> Result<u64, rusqlite::Error> {
+        let pragma =
+            |name: &str| self.conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0));
+        let pages = pragma("page_count")?.saturating_sub(pragma("freelist_count")?);
+        Ok(pages.max(0) as u64 * pragma("page_size")?.max(0) as u64)
+    }
+
+    /// Past the byte budget, removes the oldest tenth of the lines and the records of the same
+    /// age (older than the first line kept), again until the store is back under nine tenths of
+    /// the budget. A store of records alone loses its oldest tenth of records per round.
+    fn keep_within_budget(&mut self) {
+        let budget = self.config.max_bytes;
+        let target = budget / 10 * 9;
+        let mut over = false;
+        loop {
+            match self.used_bytes() {
+                Ok(used) if used > budget || (over && used > target) => over = true,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "log store: cannot read the database size");
+                    return;
+                }
+            }
+            match self.remove_oldest_tenth() {
+                Ok(0) => return, // Nothing left to remove: the schema alone is over the budget.
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "log store: removing the oldest items failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes the oldest tenth of the lines (by position) and the records started before the
+    /// first line kept; returns how many items went.
+    fn remove_oldest_tenth(&mut self) -> Result<usize, rusqlite::Error> {
+        let first_kept: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT seq, ts_us FROM logs WHERE seq >= \
+                 (SELECT MIN(seq) + MAX(1, (MAX(seq) - MIN(seq)) / 10) FROM logs) ORDER BY seq LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let mut removed = 0;
+        let mut in_chunks = |sql: &str, bound: i64| -> Result<(), rusqlite::Error> {
+            loop {
+                let n = self.conn.execute(sql, params![bound, RETENTION_CHUNK])?;
+                removed += n;
+                if (n as i64) < RETENTION_CHUNK {
+                    return Ok(());
+                }
+            }
+        };
+        match first_kept {
+            Some((seq, ts_us)) => {
+                in_chunks(
+                    "DELETE FROM logs WHERE seq IN (SELECT seq FROM logs WHERE seq < ?1 LIMIT ?2)",
+                    seq,
+                )?;
+                in_chunks(
+                    "DELETE FROM invocations WHERE seq IN \
+                     (SELECT seq FROM invocations WHERE start_us < ?1 LIMIT ?2)",
+                    ts_us,
+                )?;
+            }
+            None => {
+                let boundary: Option<i64> = self.conn.query_row(
+                    "SELECT MIN(seq) + MAX(1, (MAX(seq) - MIN(seq)) / 10) FROM invocations",
+                    [],
+                    |row| row.get(0),
+                )?;
+                if let Some(boundary) = boundary {
+                    in_chunks(
+                        "DELETE FROM invocations WHERE seq IN \
+                         (SELECT seq FROM invocations WHERE seq < ?1 LIMIT ?2)",
+                        boundary,
+                    )?;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn write_batch(&mut self, batch: Vec<Op>) -> Result<(), StoreError> {
@@ -559,6 +659,33 @@ mod tests {
 
         let store = LogStore::open(&data, LogStoreConfig::default()).expect("reopen");
         assert_eq!(store.logs(&LogQuery { limit: 100, ..Default::default() }).expect("q").len(), 20);
+    }
+
+    #[test]
+    fn the_byte_budget_removes_the_oldest_lines_and_records_first() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data = crate::DataDir::open(temp.path()).expect("open");
+        let budget = 512 << 10;
+        let store =
+            LogStore::open(&data, LogStoreConfig { max_bytes: budget, ..Default::default() }).expect("store");
+        let filler = "x".repeat(1000);
+        // 20 MB of lines and records, in batches smaller than the budget.
+        for round in 0..100 {
+            for i in 0..200 {
+                let n = round * 200 + i;
+                store.log_line(line("a", &format!("i{n}"), &format!("{n} {filler}"), now_unix_us()));
+            }
+            store.invocation(record("a", &format!("i{round}")));
+            store.flush().expect("flush");
+        }
+        let file = std::fs::metadata(temp.path().join("logs.db")).expect("logs.db").len();
+        assert!(file <= 2 * budget, "logs.db is {file} bytes for a budget of {budget}");
+        let kept = store.logs(&LogQuery { limit: 100_000, ..Default::default() }).expect("q");
+        assert!(!kept.is_empty() && kept.len() < 1000, "{} lines kept", kept.len());
+        assert!(kept.last().is_some_and(|l| l.line.starts_with("19999 ")), "the newest line stays");
+        let records = store.invocations(&InvocationQuery { limit: 1000, ..Default::default() }).expect("q");
+        assert!(records.first().is_some_and(|r| r.record.id == "i99"), "the newest record stays");
+        assert!(records.len() < 100, "old records went too: {} kept", records.len());
     }
 
     #[test]

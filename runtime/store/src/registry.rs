@@ -243,7 +243,7 @@ fn parse_kind(kind: &str) -> Result<ArtifactKind, StoreError> {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    amphi_contract::invocation::now_unix_us() / 1000
+    amphi_contract::now_unix_us() / 1000
 }
 
 #[cfg(test)]

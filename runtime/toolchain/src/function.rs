@@ -14,9 +14,9 @@ USER 65534:65534
 ENTRYPOINT [\"/function\"]
 ";
 
-/// Which backend to build for.
+/// What to build a function crate into: the artifact one backend or the other deploys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum ArtifactTarget {
     /// A `wasi:http/incoming-handler` component (`.wasm`).
     Wasm,
     /// A build context: the static binary and a Dockerfile.
@@ -82,11 +82,15 @@ impl FunctionCrate {
 
     /// Builds the function for `backend`. Returns the component (wasm) or the build context
     /// directory (container), under `target_dir/amphi/`.
-    pub fn build(&self, toolchain: &RustToolchain, backend: Backend) -> Result<PathBuf, ToolchainError> {
+    pub fn build(
+        &self,
+        toolchain: &RustToolchain,
+        target: ArtifactTarget,
+    ) -> Result<PathBuf, ToolchainError> {
         let out = self.target_dir.join("amphi");
         std::fs::create_dir_all(&out).map_err(|e| ToolchainError::io(&out, e))?;
-        match backend {
-            Backend::Wasm => {
+        match target {
+            ArtifactTarget::Wasm => {
                 let module =
                     toolchain.build_wasm(&self.dir, &self.target_dir, &self.package, Some(&self.bin))?;
                 let core = std::fs::read(&module).map_err(|e| ToolchainError::io(&module, e))?;
@@ -95,7 +99,7 @@ impl FunctionCrate {
                 std::fs::write(&path, component).map_err(|e| ToolchainError::io(&path, e))?;
                 Ok(path)
             }
-            Backend::Container => {
+            ArtifactTarget::Container => {
                 let binary =
                     toolchain.build_native_static(&self.dir, &self.target_dir, &self.package, &self.bin)?;
                 let context = out.join(format!("{}-container", self.bin));

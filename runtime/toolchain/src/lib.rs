@@ -21,7 +21,7 @@ mod rust;
 
 pub use c::compile_c_to_wasm;
 pub use component::{Adapter, componentize};
-pub use function::{Backend, FunctionCrate};
+pub use function::{ArtifactTarget, FunctionCrate};
 pub use rust::{DEBIAN_PACKAGES, RustToolchain};
 
 /// Why a build did not happen.

@@ -10,31 +10,23 @@ use std::time::{Duration, Instant};
 use amphi_contract::cgi::{meta_variables, parse_response};
 use amphi_contract::record::StartKind;
 use amphi_contract::{
-    BackendError, BackendResponse, BoxError, ConnectionInfo, Finish, Invocation, Outcome, ProblemKind,
+    BackendError, BackendResponse, BoxError, Call, Completion, ConnectionInfo, Ending, ProblemKind,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use wasmtime::InstancePre;
-use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtx};
 
+use crate::failure::{classify_failure, deadline_exceeded};
 use crate::limits::CallLimits;
 use crate::output::{OutputTarget, ResponseOutput};
-use crate::{classify_failure, deadline_exceeded, new_store};
-
-/// The store data of a CGI call.
-pub struct CgiState {
-    /// The preview1 context.
-    pub wasi: WasiP1Ctx,
-    /// The call's limits and which one was hit.
-    pub limits: CallLimits,
-}
+use crate::state::{CgiState, new_store};
 
 /// Runs one request through a fresh instance of `pre`.
 pub async fn invoke(
     pre: InstancePre<CgiState>,
-    invocation: Invocation,
+    call: Call,
     request: http::Request<Bytes>,
     code_load: Option<Duration>,
     max_response_bytes: usize,
@@ -42,45 +34,46 @@ pub async fn invoke(
     guests: std::sync::Arc<crate::offload::GuestPool>,
 ) -> Result<BackendResponse, BackendError> {
     let init_started = Instant::now();
-    let config = &invocation.function.config;
+    let config = &call.function.config;
     let (parts, body) = request.into_parts();
     let mut env: Vec<(String, String)> = config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     env.extend(meta_variables(
         &parts,
         parts.extensions.get::<ConnectionInfo>(),
         body.len(),
-        &invocation.function.name,
+        &call.function.name,
     ));
 
     let stdout = ResponseOutput::new(max_response_bytes);
-    let (_, stderr) = OutputTarget::bound(invocation.log.clone()).streams();
+    let (_, stderr) = OutputTarget::bound(call.log.clone()).streams();
     let mut wasi = WasiCtx::builder();
     wasi.envs(&env)
-        .arg(&invocation.function.name)
+        .arg(&call.function.name)
         .stdin(MemoryInputPipe::new(body))
         .stdout(stdout.clone())
         .stderr(stderr);
     let state = CgiState {
         wasi: wasi.build_p1(),
-        limits: CallLimits::new(config.memory_bytes, invocation.deadline, budget),
+        limits: CallLimits::new(config.memory_bytes, call.deadline, budget),
     };
     let mut store = new_store(pre.module().engine(), state, |s| &mut s.limits);
 
-    let deadline = tokio::time::Instant::from_std(invocation.deadline);
+    let deadline = tokio::time::Instant::from_std(call.deadline);
     let long_running = store.data().limits.long_running.clone();
     // The guest owns its store while it runs, so it can move to the guest pool.
+    let start = if code_load.is_some() { StartKind::Cold } else { StartKind::Warm };
+    let call_in_guest = call.clone();
     let run = async move {
-        let mut init = None;
         let called = async {
             let instance = pre.instantiate_async(&mut store).await;
-            init = Some(code_load.unwrap_or_default() + init_started.elapsed());
+            call_in_guest.started(start, Some(code_load.unwrap_or_default() + init_started.elapsed()));
             let start = instance?.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         };
         let result = tokio::time::timeout_at(deadline, called).await;
-        (store, init, result)
+        (store, result)
     };
-    let (store, init, result) = guests.run(long_running, run).await;
+    let (store, result) = guests.run(long_running, run).await;
     let failure = match result {
         Ok(Ok(())) => None,
         Ok(Err(error)) => match error.downcast_ref::<I32Exit>() {
@@ -89,9 +82,9 @@ pub async fn invoke(
                 ProblemKind::FunctionFailed,
                 format!("the CGI program exited with status {code}"),
             )),
-            None => Some(classify_failure(&error, &store.data().limits, &invocation)),
+            None => Some(classify_failure(&error, &store.data().limits, &call)),
         },
-        Err(_elapsed) => Some(deadline_exceeded(&invocation)),
+        Err(_elapsed) => Some(deadline_exceeded(&call)),
     };
     drop(store);
     let response = match (failure, stdout.take()) {
@@ -109,30 +102,10 @@ pub async fn invoke(
             BackendError::new(ProblemKind::FunctionFailed, format!("malformed CGI response: {why}"))
         }),
     };
-    let start = if code_load.is_some() { StartKind::Cold } else { StartKind::Warm };
-    match response {
-        Ok(response) => {
-            invocation.finish(Finish {
-                status: response.status().as_u16(),
-                outcome: Outcome::Success,
-                error: None,
-                start,
-                init,
-            });
-            Ok(BackendResponse {
-                response: response.map(|body| {
-                    Full::new(body).map_err(|never| -> BoxError { match never {} }).boxed_unsync()
-                }),
-                start,
-                init: init.unwrap_or_default(),
-                queued: std::time::Duration::ZERO,
-            })
-        }
-        Err(mut error) => {
-            error.start = start;
-            error.init = init;
-            error.finish(invocation);
-            Err(error)
-        }
-    }
+    let response = response?;
+    Ok(BackendResponse {
+        response: response
+            .map(|body| Full::new(body).map_err(|never| -> BoxError { match never {} }).boxed_unsync()),
+        completion: Completion::ready(Ending::success()),
+    })
 }

@@ -15,23 +15,26 @@
 pub mod cgi;
 pub mod compile;
 pub mod engine;
+mod failure;
 pub mod http;
 pub mod limits;
 pub mod offload;
 pub mod output;
 pub mod prepare;
 pub mod ready;
+pub mod state;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use amphi_contract::backend::InvokeFuture;
-use amphi_contract::record::BackendKind;
-use amphi_contract::{ArtifactKind, Backend, BackendError, FunctionConfig, Invocation, ProblemKind};
+use amphi_contract::record::{BackendKind, StartKind};
+use amphi_contract::{
+    ArtifactKind, Backend, BackendError, BoxFuture, Call, FunctionConfig, ProblemKind, UploadError,
+};
 use amphi_store::artifacts::Artifacts;
 use bytes::Bytes;
-use wasmtime::{Engine, Store};
 
 pub use compile::CompileSettings;
 pub use engine::WasmSettings;
@@ -39,8 +42,6 @@ pub use prepare::PrepareError;
 use prepare::{Prepared, Preparer};
 use ready::ReadyInstances;
 pub use ready::ReadySettings;
-
-use crate::limits::CallLimits;
 
 /// Errors starting the backend.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +54,8 @@ pub enum WasmError {
     Ticker(#[from] std::io::Error),
 }
 
-/// Counters of the backend, for `/metrics`.
-#[derive(Debug, Clone, Copy)]
+/// Counters of the backend, for `/v1/stats`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct WasmStats {
     /// Whether the pooling allocator is in use.
     pub pooling_allocator: bool,
@@ -136,7 +137,7 @@ impl WasmBackend {
     }
 
     /// Checks what of a function's config depends on this backend.
-    pub fn check_config(&self, config: &FunctionConfig) -> Result<(), String> {
+    fn check_memory_ceiling(&self, config: &FunctionConfig) -> Result<(), String> {
         if config.memory_bytes > self.settings.max_memory_bytes {
             return Err(format!(
                 "memory {} is above this server's ceiling of {} (serve --wasm-max-memory)",
@@ -174,47 +175,67 @@ impl Backend for WasmBackend {
         matches!(kind, ArtifactKind::WasiHttpComponent | ArtifactKind::CgiModule)
     }
 
-    fn invoke(&self, invocation: Invocation, request: ::http::Request<Bytes>) -> InvokeFuture {
+    fn prepare_upload(
+        &self,
+        digest: &str,
+        bytes: Bytes,
+    ) -> Option<BoxFuture<'_, Result<ArtifactKind, UploadError>>> {
+        let digest = digest.to_string();
+        Some(Box::pin(async move {
+            WasmBackend::prepare_upload(self, &digest, bytes).await.map_err(|e| match e {
+                PrepareError::Store(e) => UploadError::Internal(Box::new(e)),
+                refused => UploadError::Refused(refused.to_string()),
+            })
+        }))
+    }
+
+    fn check_config(&self, config: &FunctionConfig) -> Result<(), String> {
+        self.check_memory_ceiling(config)
+    }
+
+    fn stats(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(WasmBackend::stats(self)).ok()
+    }
+
+    fn invoke(&self, call: Call, request: ::http::Request<Bytes>) -> InvokeFuture {
         let preparer = self.preparer.clone();
         let ready = self.ready.clone();
         let max_cgi_response = self.settings.max_cgi_response_bytes;
         let budget = self.ready.budget.clone();
         let guests = self.guests.clone();
         Box::pin(async move {
-            let (prepared, code_load) = match preparer.cached(&invocation.function.digest) {
+            let (prepared, code_load) = match preparer.cached(&call.function.digest) {
                 Some(prepared) => (prepared, None),
                 None => {
                     // A cold start: the code is loaded from disk (or compiled) off the async threads.
                     let started = Instant::now();
-                    let (digest, kind) = (invocation.function.digest.clone(), invocation.function.kind);
+                    let (digest, kind) = (call.function.digest.clone(), call.function.kind);
                     let loader = preparer.clone();
                     let loaded = tokio::task::spawn_blocking(move || loader.get(&digest, kind)).await;
+                    call.started(StartKind::Cold, Some(started.elapsed()));
                     match loaded {
                         Ok(Ok(prepared)) => (prepared, Some(started.elapsed())),
                         Ok(Err(error)) => {
-                            let error = BackendError::new(
+                            return Err(BackendError::new(
                                 ProblemKind::BackendUnavailable,
                                 format!("the function's code cannot be loaded: {error}"),
-                            );
-                            error.finish(invocation);
-                            return Err(error);
+                            ));
                         }
                         Err(join) => {
-                            let error =
-                                BackendError::new(ProblemKind::Internal, format!("loading failed: {join}"));
-                            error.finish(invocation);
-                            return Err(error);
+                            return Err(BackendError::new(
+                                ProblemKind::Internal,
+                                format!("loading failed: {join}"),
+                            ));
                         }
                     }
                 }
             };
             match &*prepared {
                 Prepared::Http(pre) => {
-                    http::invoke(pre.clone(), ready, guests, invocation, request, code_load).await
+                    http::invoke(pre.clone(), ready, guests, call, request, code_load).await
                 }
                 Prepared::Cgi(pre) => {
-                    cgi::invoke(pre.clone(), invocation, request, code_load, max_cgi_response, budget, guests)
-                        .await
+                    cgi::invoke(pre.clone(), call, request, code_load, max_cgi_response, budget, guests).await
                 }
             }
         })
@@ -225,56 +246,6 @@ impl Backend for WasmBackend {
         // unused one ages out of the bounded cache. Ready instances belong to the version.
         self.ready.retire(function);
     }
-}
-
-/// A store for one call: memory limiter and deadline hooked up.
-fn new_store<T: Send + 'static>(engine: &Engine, data: T, limits: fn(&mut T) -> &mut CallLimits) -> Store<T> {
-    let mut store = Store::new(engine, data);
-    store.limiter(move |data| limits(data));
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |mut context| Ok(limits(context.data_mut()).on_epoch()));
-    store
-}
-
-/// Names why a guest stopped: its deadline, its memory limit, or a trap. The full error (with
-/// the guest's backtrace) goes to the invocation's log; the caller gets one line.
-fn classify_failure(error: &wasmtime::Error, limits: &CallLimits, invocation: &Invocation) -> BackendError {
-    if limits.deadline_exceeded {
-        return deadline_exceeded(invocation);
-    }
-    invocation.log.platform_line(&format!("{error:?}"));
-    if limits.budget_exceeded {
-        return BackendError::new(
-            ProblemKind::BackendUnavailable,
-            format!(
-                "the server's wasm memory budget of {} is taken by other calls (serve --wasm-memory-budget)",
-                amphi_contract::size::format_bytes(limits.budget().limit())
-            ),
-        );
-    }
-    if limits.memory_exceeded {
-        return BackendError::new(
-            ProblemKind::FunctionFailed,
-            format!(
-                "the function exceeded its memory limit of {}",
-                amphi_contract::size::format_bytes(invocation.function.config.memory_bytes)
-            ),
-        );
-    }
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => BackendError::new(ProblemKind::FunctionFailed, format!("the function trapped: {trap}")),
-        None => BackendError::new(ProblemKind::FunctionFailed, format!("the function failed: {error}")),
-    }
-}
-
-fn deadline_exceeded(invocation: &Invocation) -> BackendError {
-    BackendError::new(
-        ProblemKind::DeadlineExceeded,
-        format!(
-            "the function did not finish within its timeout of {}ms",
-            invocation.function.config.timeout_ms
-        ),
-    )
 }
 
 /// Runs blocking preparation work off the async threads.

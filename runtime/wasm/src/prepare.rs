@@ -17,8 +17,7 @@ use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, InstancePre, Linker, Module};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::cgi::CgiState;
-use crate::http::HttpState;
+use crate::state::{CgiState, HttpState};
 
 /// A function ready to be instantiated.
 pub enum Prepared {

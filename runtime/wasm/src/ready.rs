@@ -23,8 +23,8 @@ use amphi_contract::FunctionVersion;
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
-use crate::http::HttpState;
 use crate::output::OutputTarget;
+use crate::state::{HttpState, new_http_store};
 
 /// How many instances are kept ready.
 #[derive(Debug, Clone, Copy)]
@@ -145,8 +145,7 @@ impl ReadyInstances {
                 let started = Instant::now();
                 let output = OutputTarget::pending();
                 let deadline = Instant::now() + function.config.timeout();
-                let mut store =
-                    crate::http::new_http_store(pre.engine(), &function, &output, deadline, &budget);
+                let mut store = new_http_store(pre.engine(), &function, &output, deadline, &budget);
                 match pre.instantiate_async(&mut store).await {
                     Ok(proxy) => {
                         stats.made_since(started);

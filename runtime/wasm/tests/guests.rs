@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
-use amphi_contract::record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome};
-use amphi_contract::{Backend, BackendError, Invocation, TelemetrySink};
+use amphi_contract::record::{InvocationRecord, LogLine, LogStream, Outcome};
+use amphi_contract::{Backend, BackendError, Call, LogCapture, TelemetrySink};
 use amphi_store::DataDir;
 use amphi_store::artifacts::Artifacts;
 use amphi_wasm::{WasmBackend, WasmSettings};
@@ -15,16 +15,23 @@ use http_body_util::BodyExt as _;
 #[derive(Default)]
 struct Collected {
     lines: Mutex<Vec<LogLine>>,
-    records: Mutex<Vec<InvocationRecord>>,
 }
 
 impl TelemetrySink for Collected {
     fn log_line(&self, line: LogLine) {
         self.lines.lock().expect("lock").push(line);
     }
-    fn invocation(&self, record: InvocationRecord) {
-        self.records.lock().expect("lock").push(record);
+    fn invocation(&self, _: InvocationRecord) {
+        unreachable!("a backend never writes an invocation record");
     }
+}
+
+/// What the backend said about a call once it was done: what the gateway records.
+struct Finished {
+    id: String,
+    status: u16,
+    outcome: Outcome,
+    log_lines: u64,
 }
 
 struct Harness {
@@ -32,6 +39,7 @@ struct Harness {
     artifacts: Arc<Artifacts>,
     backend: WasmBackend,
     sink: Arc<Collected>,
+    finished: Mutex<Vec<(String, Finished)>>,
 }
 
 impl Harness {
@@ -41,7 +49,7 @@ impl Harness {
         let artifacts = Arc::new(Artifacts::open(&data).expect("artifacts"));
         let settings = WasmSettings { pool_instances: 64, ..Default::default() };
         let backend = WasmBackend::new(settings, artifacts.clone()).expect("backend");
-        Self { _temp: temp, artifacts, backend, sink: Arc::default() }
+        Self { _temp: temp, artifacts, backend, sink: Arc::default(), finished: Mutex::default() }
     }
 
     async fn deploy(&self, path: &str, config: FunctionConfig) -> Arc<FunctionVersion> {
@@ -58,38 +66,35 @@ impl Harness {
         path: &str,
         body: &'static [u8],
     ) -> Result<(u16, http::HeaderMap, Bytes), BackendError> {
-        let invocation = Invocation::new(
-            function.clone(),
-            BackendKind::Wasm,
-            method.into(),
-            path.into(),
-            self.sink.clone(),
-            64 * 1024,
-        );
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id: Arc<str> =
+            format!("call-{}", CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).into();
+        let log = LogCapture::new(self.sink.clone(), function.name.clone(), id.to_string(), 64 * 1024);
+        let call =
+            Call::new(id.clone(), function.clone(), Instant::now() + function.config.timeout(), log.clone());
         let request = http::Request::builder()
             .method(method)
             .uri(path)
             .header("host", "localhost")
             .body(Bytes::from_static(body))
             .expect("request");
-        let response = self.backend.invoke(invocation, request).await?.response;
+        let answer = self.backend.invoke(call, request).await?;
+        let response = answer.response;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.expect("body").to_bytes();
+        let ending = answer.completion.wait().await.expect("the backend says how the call ended");
+        let (log_lines, _) = log.close();
+        let finished = Finished { id: id.to_string(), status, outcome: ending.outcome, log_lines };
+        self.finished.lock().expect("lock").push((path.to_string(), finished));
         Ok((status, headers, body))
     }
 
-    /// The record of the call of `path`, once written (it is finished just after the response).
-    async fn record_of(&self, path: &str) -> InvocationRecord {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let found = self.sink.records.lock().expect("lock").iter().find(|r| r.path == path).cloned();
-            if let Some(record) = found {
-                return record;
-            }
-            assert!(Instant::now() < deadline, "no record written for {path}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    /// How the call of `path` ended.
+    fn finished(&self, path: &str) -> Finished {
+        let mut finished = self.finished.lock().expect("lock");
+        let at = finished.iter().position(|(p, _)| p == path).expect("the call of this path finished");
+        finished.remove(at).1
     }
 }
 
@@ -111,7 +116,7 @@ async fn component_says_hello_echoes_and_logs() {
     assert_eq!(body.as_ref(), b"\x00\xffbinary");
 
     harness.call(&function, "GET", "/log?lines=2", b"").await.expect("log");
-    let record = harness.record_of("/log?lines=2").await;
+    let record = harness.finished("/log?lines=2");
     assert_eq!((record.outcome, record.status, record.log_lines), (Outcome::Success, 200, 3));
     let lines = harness.sink.lines.lock().expect("lock");
     let of_call: Vec<_> = lines.iter().filter(|l| l.invocation_id == record.id).collect();

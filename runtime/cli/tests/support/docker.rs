@@ -49,6 +49,25 @@ pub async fn containers_of(docker: &Docker, data: &Path) -> Vec<bollard::models:
         .expect("list containers")
 }
 
+/// Waits (up to 20 s) until the containers of the server with data directory `data` satisfy
+/// `done`, and returns them.
+pub async fn wait_containers(
+    docker: &Docker,
+    data: &Path,
+    done: impl Fn(&[bollard::models::ContainerSummary]) -> bool,
+) -> Vec<bollard::models::ContainerSummary> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let containers = containers_of(docker, data).await;
+        if done(&containers) {
+            return containers;
+        }
+        let ids: Vec<_> = containers.iter().filter_map(|c| c.id.as_deref()).collect();
+        assert!(std::time::Instant::now() < deadline, "timed out waiting on the containers; now {ids:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Deploys `dir` through the CLI (packing, building, progress) with extra flags.
 pub fn deploy(server: &TestServer, name: &str, dir: &Path, flags: &[&str]) -> Value {
     let mut args = vec!["deploy", name, dir.to_str().expect("utf-8 path"), "--dockerfile", "--json"];
