@@ -110,27 +110,29 @@ pub async fn invoke(
             Err(_elapsed) => Some(deadline_exceeded(&call)),
         };
         let _ = completed_tx.send(failure.is_none());
-        // Let the caller's task send the response before the clean-up below: on a
-        // single-threaded worker it would otherwise wait for the store to be dropped.
-        tokio::task::yield_now().await;
-        drop(store);
-        instances.replenish(&function, &pre);
         let sent_status = status.load(Ordering::Relaxed);
         let failure = match failure {
             None if sent_status == 0 => Some(no_response()),
             other => other,
         };
-        match failure {
-            None => completer.complete(Ending::success()),
+        // Completed before the clean-up below, so the gateway finds the ending ready when the
+        // body ends and records the call at once.
+        let ended = match failure {
+            None => Ok(Ending::success()),
             // The caller already has the response head: the record keeps its status and says why
             // the body broke off.
-            Some(error) if sent_status != 0 => completer.complete(Ending::cut(
-                error.outcome(),
-                format!("after the response started: {}", error.detail),
-            )),
-            Some(error) => return Err(error),
-        }
-        Ok(())
+            Some(error) if sent_status != 0 => {
+                Ok(Ending::cut(error.outcome(), format!("after the response started: {}", error.detail)))
+            }
+            Some(error) => Err(error),
+        };
+        let ended = ended.map(|ending| completer.complete(ending));
+        // Let the caller's task send the response before the clean-up below: on a
+        // single-threaded worker it would otherwise wait for the store to be dropped.
+        tokio::task::yield_now().await;
+        drop(store);
+        instances.replenish(&function, &pre);
+        ended
     })));
 
     let response = response_rx.await;
