@@ -19,7 +19,8 @@ pub struct Case {
     /// The function config (`PUT /v1/functions/{name}`'s `config`) the case's function gets.
     #[serde(default)]
     pub config: serde_json::Value,
-    /// Start every call at once (each after its `delay_ms`), instead of one after another.
+    /// Start every call at once (each when its `after_in_flight` holds), instead of one after
+    /// another.
     #[serde(default)]
     pub concurrent: bool,
     /// Where CONTRACT.md allows the backends or bindings to differ: required when an expectation
@@ -51,9 +52,11 @@ pub struct Call {
     pub body_hex: Option<String>,
     /// A generated binary body of this many bytes.
     pub body_len: Option<usize>,
-    /// How long to wait before sending (concurrent cases).
+    /// Send only once the function has at least this many calls in flight (`in_flight` of
+    /// `GET /v1/functions/{name}`): a call that must find the function busy waits for that event
+    /// rather than for a guessed delay. Concurrent cases.
     #[serde(default)]
-    pub delay_ms: u64,
+    pub after_in_flight: u64,
     /// Send this call this many times.
     #[serde(default = "one")]
     pub repeat: usize,

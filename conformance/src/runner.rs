@@ -186,14 +186,15 @@ impl Runner {
         let mut failures = Vec::new();
         if case.concurrent {
             let runs = calls.iter().map(|(label, call, i)| async move {
-                tokio::time::sleep(Duration::from_millis(call.delay_ms)).await;
+                if let Err(why) = self.wait_in_flight(function, call.after_in_flight).await {
+                    return vec![format!("{label}: {why}")];
+                }
                 let found = self.run_call(binding, function, call, *i).await;
                 found.into_iter().map(|f| format!("{label}: {f}")).collect::<Vec<_>>()
             });
             failures.extend(futures::future::join_all(runs).await.into_iter().flatten());
         } else {
             for (label, call, i) in &calls {
-                tokio::time::sleep(Duration::from_millis(call.delay_ms)).await;
                 failures.extend(
                     self.run_call(binding, function, call, *i)
                         .await
@@ -203,6 +204,31 @@ impl Runner {
             }
         }
         failures
+    }
+
+    /// Waits until `function` has at least `calls` calls in flight (at most 10 s).
+    async fn wait_in_flight(&self, function: &Deployed, calls: u64) -> Result<(), String> {
+        if calls == 0 {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let described =
+                self.admin(reqwest::Method::GET, &format!("/v1/functions/{}", function.name)).send();
+            let in_flight = match described.await {
+                Ok(answer) => answer.json::<Value>().await.ok().and_then(|v| v["in_flight"].as_u64()),
+                Err(_) => None,
+            };
+            if in_flight.is_some_and(|n| n >= calls) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the function never had {calls} calls in flight (last seen: {in_flight:?})"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Makes one call and checks it; returns what did not match.

@@ -188,7 +188,10 @@ async fn read_all(stream: &mut tokio::net::TcpStream, limit: std::time::Duration
 async fn a_slow_body_holds_no_slot_and_gets_408() {
     let temp = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start_with(temp.path(), &["--body-timeout", "1s"]);
-    let config = json!({ "concurrency": 1, "queue_timeout_ms": 0 });
+    // A call holds its slot until the guest has returned, which may be a moment after the client
+    // has read the response: a short queue wait absorbs that, and is still half the time a slow
+    // body would hold the slot if it took one (the body timeout, 1 s).
+    let config = json!({ "concurrency": 1, "queue_timeout_ms": 500 });
     server.deploy("f", amphi_guest_artifacts::RUST_HTTP_COMPONENT, config).await;
 
     let mut slow = Vec::new();
@@ -201,6 +204,7 @@ async fn a_slow_body_holds_no_slot_and_gets_408() {
     for _ in 0..5 {
         let response = server.get("f", "/").await;
         assert_eq!(response.status(), 200, "a slow body held the slot");
+        response.bytes().await.expect("the whole response");
     }
     for mut stream in slow {
         let answer = read_all(&mut stream, std::time::Duration::from_secs(10)).await;
@@ -416,7 +420,11 @@ async fn compile_bombs_are_refused_by_their_limits_and_never_hold_the_server() {
 
     // Shutdown does not wait for a compile in progress.
     let pending = tokio::spawn(upload(compile_bomb(100_000, 0)));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while workers_running(pid) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no compile worker started for the upload");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let stopping = std::time::Instant::now();
     server.stop();
     assert!(

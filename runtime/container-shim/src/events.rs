@@ -2,7 +2,7 @@
 //!
 //! `{"type":"log","invocation":ID,"stream":"stdout"|"stderr","line":TEXT}`: a line of output;
 //! `invocation` is empty when no call, or more than one, was in flight.
-//! `{"type":"ready","init_us":N}`: the function answers; calls may come.
+//! `{"type":"listening","init_us":N}`: the function answers; calls may come.
 //! `{"type":"end","invocation":ID}`: every line of that call has been sent before this one.
 //! `{"type":"exit","code":N,"oom":bool}`: the function's process ended (`oom`: the kernel killed
 //! a process of the container for memory); the instance is going away.
@@ -150,10 +150,10 @@ impl Events {
         self.send_log((sender, dropped), invocation, stream, line);
     }
 
-    /// The function is ready for calls.
-    pub fn ready(&self, init: Duration) {
+    /// The function answers: calls may come.
+    pub fn listening(&self, init: Duration) {
         let state = self.state();
-        Self::send(&state, json!({"type": "ready", "init_us": init.as_micros() as u64}));
+        Self::send(&state, json!({"type": "listening", "init_us": init.as_micros() as u64}));
     }
 
     /// A call begins.

@@ -121,7 +121,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `command` with `$PORT`, reads its output, and reports it ready once it answers.
+    /// Starts `command` with `$PORT`, reads its output, and reports it listening once it answers.
     pub fn start(command: &[String], port: u16, events: Arc<Events>) -> Result<Arc<Self>, String> {
         let started = Instant::now();
         let mut child = Command::new(&command[0])
@@ -150,7 +150,7 @@ impl Server {
             probes,
             events: events.clone(),
         });
-        tokio::spawn(server.clone().wait_until_ready(port, started));
+        tokio::spawn(server.clone().wait_until_listening(port, started));
         tokio::spawn(async move {
             let code = supervise(child).await;
             // Its last lines go out before the exit event (a grandchild holding the pipes open
@@ -163,13 +163,13 @@ impl Server {
         Ok(server)
     }
 
-    async fn wait_until_ready(self: Arc<Self>, port: u16, started: Instant) {
+    async fn wait_until_listening(self: Arc<Self>, port: u16, started: Instant) {
         let candidates = [SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from(([0u16; 8], port))];
         loop {
             for address in candidates {
                 if TcpStream::connect(address).await.is_ok() {
                     let _ = self.address.set(address);
-                    self.events.ready(started.elapsed());
+                    self.events.listening(started.elapsed());
                     return;
                 }
             }

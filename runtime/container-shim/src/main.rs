@@ -6,7 +6,7 @@
 //!   until a request comes, then the command once per request, CGI over stdio (protocol `cgi`);
 //! - serves the gateway over a Unix socket in the instance's run directory, so the container
 //!   needs no network at all: `GET /.amphi/events` streams what happens inside (NDJSON: `log`,
-//!   `ready`, `end`, `exit` events), any other request is a call, forwarded to the function;
+//!   `listening`, `end`, `exit` events), any other request is a call, forwarded to the function;
 //! - reads the function's stdout and stderr and tags every line with the invocation in flight,
 //!   so the log store attributes lines exactly when the instance serves one call at a time.
 //!
@@ -88,7 +88,7 @@ async fn run(settings: Settings) -> u8 {
 
     let events = Arc::new(Events::default());
     let function = if settings.cgi {
-        events.ready(std::time::Duration::ZERO);
+        events.listening(std::time::Duration::ZERO);
         forward::Function::Cgi(Arc::new(forward::CgiProgram::new(settings.command.clone())))
     } else {
         match forward::Server::start(&settings.command, settings.port, events.clone()) {

@@ -8,7 +8,7 @@ use amphi_contract::function::{ContainerProtocol, FunctionVersion};
 use tokio::sync::OnceCell;
 
 use crate::image;
-use crate::instance::{Instance, Launch, Shared, StartError};
+use crate::instance::{Instance, InstanceHost, Launch, StartError};
 use crate::pool::Driver;
 
 /// The image label that says how the image speaks the contract when the config does not.
@@ -19,15 +19,15 @@ const NOBODY: &str = "65534:65534";
 
 /// Runs one function version's instances as containers.
 pub struct ContainerDriver {
-    shared: Arc<Shared>,
+    host: Arc<InstanceHost>,
     function: Arc<FunctionVersion>,
     launch: OnceCell<Launch>,
 }
 
 impl ContainerDriver {
     /// A driver for `function`'s instances.
-    pub fn new(shared: Arc<Shared>, function: Arc<FunctionVersion>) -> Self {
-        Self { shared, function, launch: OnceCell::new() }
+    pub fn new(host: Arc<InstanceHost>, function: Arc<FunctionVersion>) -> Self {
+        Self { host, function, launch: OnceCell::new() }
     }
 
     /// What instances run: the configured command and protocol, else the image's entrypoint and
@@ -36,7 +36,7 @@ impl ContainerDriver {
         self.launch
             .get_or_try_init(|| async {
                 let config = &self.function.config.container;
-                let image = image::inspect(&self.shared.engine, &self.function.digest).await?;
+                let image = image::inspect(&self.host.engine, &self.function.digest).await?;
                 let command = config.command.clone().unwrap_or(image.command);
                 if command.is_empty() {
                     return Err(StartError::Failed(
@@ -68,19 +68,19 @@ impl Driver for ContainerDriver {
 
     async fn start(&self) -> Result<Arc<Instance>, StartError> {
         let launch = self.launch().await?;
-        Instance::start(&self.shared, &self.function, launch).await
+        Instance::start(&self.host, &self.function, launch).await
     }
 
     async fn pause(&self, instance: &Instance) -> Result<(), StartError> {
-        Ok(instance.pause(&self.shared.engine).await?)
+        Ok(instance.pause(&self.host.engine).await?)
     }
 
     async fn unpause(&self, instance: &Instance) -> Result<(), StartError> {
-        Ok(instance.unpause(&self.shared.engine).await?)
+        Ok(instance.unpause(&self.host.engine).await?)
     }
 
     async fn remove(&self, instance: &Instance) {
-        instance.remove(&self.shared).await;
+        instance.remove(&self.host).await;
     }
 
     fn is_gone(&self, instance: &Instance) -> bool {

@@ -52,8 +52,9 @@ const TAIL_LINES: usize = 10;
 /// Longest a new instance may take to become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What every instance of the backend shares.
-pub struct Shared {
+/// What the host side gives every instance of the backend: the engine, the run directories, the
+/// shim binary, and where lines outside any call go.
+pub struct InstanceHost {
     /// The engine.
     pub engine: Engine,
     /// Where log lines outside any call go.
@@ -147,7 +148,7 @@ enum Event {
         stream: String,
         line: String,
     },
-    Ready {},
+    Listening {},
     End {
         invocation: String,
     },
@@ -162,12 +163,12 @@ impl Instance {
     /// Creates and starts a container for `function` running `command`, and waits until the
     /// function is ready.
     pub async fn start(
-        shared: &Arc<Shared>,
+        host: &Arc<InstanceHost>,
         function: &FunctionVersion,
         launch: &Launch,
     ) -> Result<Arc<Self>, StartError> {
         let id = hex::encode(rand::random::<[u8; 6]>());
-        let run_dir = shared.run_root.join(&id);
+        let run_dir = host.run_root.join(&id);
         let socket = {
             let run_dir = run_dir.clone();
             tokio::task::spawn_blocking(move || make_run_dir(&run_dir))
@@ -175,9 +176,9 @@ impl Instance {
                 .map_err(|e| StartError::Failed(e.to_string()))
                 .and_then(|made| made.map_err(StartError::Failed))?
         };
-        let body = container_spec(shared, function, launch, &run_dir);
+        let body = container_spec(host, function, launch, &run_dir);
         let name = format!("amphi-{}-{id}", function.name);
-        let created = shared
+        let created = host
             .engine
             .run(|docker| async move {
                 docker
@@ -207,36 +208,34 @@ impl Instance {
             exit: watch::Sender::new(None),
             connections: Mutex::default(),
         });
-        match instance.clone().boot(shared).await {
+        match instance.clone().boot(host).await {
             Ok(()) => Ok(instance),
             Err(e) => {
                 let why = match e {
                     StartError::Failed(why) => StartError::Failed(format!("{why}{}", instance.last_lines())),
                     unavailable => unavailable,
                 };
-                instance.remove(shared).await;
+                instance.remove(host).await;
                 Err(why)
             }
         }
     }
 
-    async fn boot(self: Arc<Self>, shared: &Arc<Shared>) -> Result<(), StartError> {
+    async fn boot(self: Arc<Self>, host: &Arc<InstanceHost>) -> Result<(), StartError> {
         let container = self.container.clone();
-        shared.engine.run(|docker| async move { docker.start_container(&container, None).await }).await?;
+        host.engine.run(|docker| async move { docker.start_container(&container, None).await }).await?;
         // Only processes in the container's PID namespace may answer on its socket.
         let container = self.container.clone();
-        let inspected = shared
-            .engine
-            .run(|docker| async move { docker.inspect_container(&container, None).await })
-            .await?;
+        let inspected =
+            host.engine.run(|docker| async move { docker.inspect_container(&container, None).await }).await?;
         match inspected.state.and_then(|s| s.pid).filter(|&pid| pid > 0) {
             Some(pid) => self.socket.pin_namespace(pid).map_err(|e| StartError::Failed(e.to_string()))?,
-            None => return Err(StartError::Failed(self.describe_exit(shared, "as it started").await)),
+            None => return Err(StartError::Failed(self.describe_exit(host, "as it started").await)),
         }
-        let (ready_tx, ready_rx) = oneshot::channel();
-        tokio::spawn(self.clone().follow_events(shared.sink.clone(), ready_tx));
+        let (listening_tx, listening_rx) = oneshot::channel();
+        tokio::spawn(self.clone().follow_events(host.sink.clone(), listening_tx));
         let container = self.container.clone();
-        let docker = shared.engine.client().await?;
+        let docker = host.engine.client().await?;
         let exited = async move {
             let options = WaitContainerOptions { condition: "not-running".into() };
             match docker.wait_container(&container, Some(options)).next().await {
@@ -246,12 +245,12 @@ impl Instance {
             }
         };
         tokio::select! {
-            ready = ready_rx => match ready {
+            listening = listening_rx => match listening {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(refused)) => Err(StartError::Failed(refused)),
-                Err(_) => Err(StartError::Failed(self.describe_exit(shared, "before it was ready").await)),
+                Err(_) => Err(StartError::Failed(self.describe_exit(host, "before it was ready").await)),
             },
-            Some(_) = exited => Err(StartError::Failed(self.describe_exit(shared, "before it was ready").await)),
+            Some(_) = exited => Err(StartError::Failed(self.describe_exit(host, "before it was ready").await)),
             () = tokio::time::sleep(START_TIMEOUT) => Err(StartError::Failed(format!(
                 "the function did not answer within {}s of starting", START_TIMEOUT.as_secs()
             ))),
@@ -262,14 +261,14 @@ impl Instance {
     async fn follow_events(
         self: Arc<Self>,
         sink: Arc<dyn TelemetrySink>,
-        ready: oneshot::Sender<Result<(), String>>,
+        listening: oneshot::Sender<Result<(), String>>,
     ) {
-        let mut ready = Some(ready);
+        let mut listening = Some(listening);
         let opened = self.open_events().await;
         if let Err(why) = &opened {
             tracing::warn!(instance = %self.id, function = %self.function, error = %why, "instance refused");
-            if let Some(ready) = ready.take() {
-                let _ = ready.send(Err(why.clone()));
+            if let Some(listening) = listening.take() {
+                let _ = listening.send(Err(why.clone()));
             }
         }
         if let Ok(mut body) = opened {
@@ -280,9 +279,9 @@ impl Instance {
                 while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
                     let line = buffer.split_to(end + 1);
                     match serde_json::from_slice::<Event>(&line[..end]) {
-                        Ok(Event::Ready {}) => {
-                            if let Some(ready) = ready.take() {
-                                let _ = ready.send(Ok(()));
+                        Ok(Event::Listening {}) => {
+                            if let Some(listening) = listening.take() {
+                                let _ = listening.send(Ok(()));
                             }
                         }
                         Ok(event) => self.handle_event(event, &sink),
@@ -370,7 +369,7 @@ impl Instance {
             Event::Exit { code, oom } => {
                 self.exit.send_replace(Some(Exit { code: Some(code), oom }));
             }
-            Event::Ready {} => {}
+            Event::Listening {} => {}
         }
     }
 
@@ -446,7 +445,7 @@ impl Instance {
 
     /// Says how the instance ended, `when` (such as "during the call"): exit code, whether the
     /// kernel killed it for memory, and its last lines. Waits briefly for the exit to be known.
-    pub async fn describe_exit(&self, shared: &Shared, when: &str) -> String {
+    pub async fn describe_exit(&self, host: &InstanceHost, when: &str) -> String {
         let mut exit = self.exit.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await;
         let reported = exit.borrow().and_then(|e| e.code);
@@ -454,7 +453,7 @@ impl Instance {
         let container = self.container.clone();
         let state = tokio::time::timeout(
             Duration::from_secs(2),
-            shared.engine.run(|docker| async move { docker.inspect_container(&container, None).await }),
+            host.engine.run(|docker| async move { docker.inspect_container(&container, None).await }),
         )
         .await
         .ok()
@@ -497,10 +496,10 @@ impl Instance {
     }
 
     /// Removes the container (killing it) and its run directory.
-    pub async fn remove(&self, shared: &Shared) {
+    pub async fn remove(&self, host: &InstanceHost) {
         let container = self.container.clone();
         let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        let removed = shared
+        let removed = host
             .engine
             .run(|docker| async move { docker.remove_container(&container, Some(options)).await })
             .await;
@@ -532,7 +531,7 @@ async fn remove_run_dir(run_dir: PathBuf) {
 /// sandbox (no capabilities, no new privileges, no network unless granted, read-only root unless
 /// granted, never the engine's socket).
 fn container_spec(
-    shared: &Shared,
+    host: &InstanceHost,
     function: &FunctionVersion,
     launch: &Launch,
     run_dir: &std::path::Path,
@@ -545,7 +544,7 @@ fn container_spec(
     env.push(format!("AMPHI_SHIM_PROTOCOL={}", launch.protocol.as_str()));
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
-        (LABEL_INSTALLATION.to_string(), shared.installation.clone()),
+        (LABEL_INSTALLATION.to_string(), host.installation.clone()),
         (LABEL_FUNCTION.to_string(), function.name.clone()),
         (LABEL_VERSION.to_string(), function.version.to_string()),
     ]);
@@ -559,7 +558,7 @@ fn container_spec(
         labels: Some(labels),
         host_config: Some(HostConfig {
             binds: Some(vec![
-                format!("{}:{SHIM_IN_CONTAINER}:ro", shared.shim.display()),
+                format!("{}:{SHIM_IN_CONTAINER}:ro", host.shim.display()),
                 format!("{}:{RUN_IN_CONTAINER}:rw", run_dir.display()),
             ]),
             memory: Some(memory),

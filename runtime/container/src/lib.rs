@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
+use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion, InvalidConfig};
 use amphi_contract::{
     Backend, BackendError, BackendKind, BackendResponse, BoxError, BoxFuture, BuildFailure, BuildProgress,
     BuiltArtifact, Call, CheckedSource, Completer, Completion, Ending, InstanceView, InvokeFuture, Outcome,
@@ -48,7 +48,7 @@ pub use crate::context::{CheckedContext, ContextError};
 use crate::driver::ContainerDriver;
 pub use crate::engine::EngineError;
 pub use crate::image::{BuildError, BuildEvent, ImageInfo};
-use crate::instance::{CallError, LABEL_INSTALLATION, Shared};
+use crate::instance::{CallError, InstanceHost, LABEL_INSTALLATION};
 
 /// The pool of one function version's containers.
 type ContainerPool = pool::Pool<ContainerDriver>;
@@ -79,7 +79,7 @@ pub enum ContainerError {
 
 /// The container backend.
 pub struct ContainerBackend {
-    shared: Arc<Shared>,
+    host: Arc<InstanceHost>,
     pools: Mutex<HashMap<String, Arc<ContainerPool>>>,
     retired: Mutex<Vec<Arc<ContainerPool>>>,
 }
@@ -108,9 +108,9 @@ impl ContainerBackend {
                 .map_err(io(format!("restricting {}", run_root.display())))?;
         }
         let shim = install_shim(data).map_err(io("installing the container shim".into()))?;
-        let shared =
-            Arc::new(Shared { engine: engine::Engine::default(), sink, installation, run_root, shim });
-        Ok(Arc::new(Self { shared, pools: Mutex::default(), retired: Mutex::default() }))
+        let host =
+            Arc::new(InstanceHost { engine: engine::Engine::default(), sink, installation, run_root, shim });
+        Ok(Arc::new(Self { host, pools: Mutex::default(), retired: Mutex::default() }))
     }
 
     /// Starts the background work: removes what an earlier run left (retrying until an engine
@@ -164,22 +164,19 @@ impl ContainerBackend {
 
     /// Removes every container of this installation; returns how many the engine listed.
     async fn reconcile(&self) -> Result<usize, EngineError> {
-        let label = format!("{LABEL_INSTALLATION}={}", self.shared.installation);
+        let label = format!("{LABEL_INSTALLATION}={}", self.host.installation);
         let options = ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([("label".to_string(), vec![label])])),
             ..Default::default()
         };
-        let containers = self
-            .shared
-            .engine
-            .run(|docker| async move { docker.list_containers(Some(options)).await })
-            .await?;
+        let containers =
+            self.host.engine.run(|docker| async move { docker.list_containers(Some(options)).await }).await?;
         let listed = containers.len();
         for id in containers.into_iter().filter_map(|c| c.id) {
             let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
             match self
-                .shared
+                .host
                 .engine
                 .run(|docker| async move { docker.remove_container(&id, Some(options)).await })
                 .await
@@ -217,14 +214,15 @@ impl ContainerBackend {
     }
 
     /// Checks what the container backend needs of a config.
-    fn check_function_config(config: &FunctionConfig) -> Result<(), String> {
+    fn check_function_config(config: &FunctionConfig) -> Result<(), InvalidConfig> {
         if !config.allowed_outbound_hosts.is_empty() {
-            return Err("container functions are granted the network as a whole with `container.network`; \
-                        allowed_outbound_hosts applies to wasm functions only"
-                .into());
+            return Err(InvalidConfig::new(
+                "container functions are granted the network as a whole with `container.network`; \
+                 allowed_outbound_hosts applies to wasm functions only",
+            ));
         }
         if config.memory_bytes < 8 << 20 {
-            return Err("a container function needs at least 8MiB of memory".into());
+            return Err(InvalidConfig::new("a container function needs at least 8MiB of memory"));
         }
         Ok(())
     }
@@ -236,7 +234,7 @@ impl ContainerBackend {
         context: CheckedContext,
         mut progress: impl FnMut(BuildProgress),
     ) -> Result<BuiltArtifact, BuildFailure> {
-        let built = image::build(&self.shared.engine, source.bytes, &context, |event| {
+        let built = image::build(&self.host.engine, source.bytes, &context, |event| {
             progress(match event {
                 BuildEvent::Step(text) => BuildProgress::Step(text),
                 BuildEvent::Output(text) => BuildProgress::Output(text),
@@ -259,7 +257,7 @@ impl ContainerBackend {
 
     /// Looks up an image already on the engine.
     async fn find_image(&self, reference: String) -> Result<BuiltArtifact, BuildFailure> {
-        match image::inspect(&self.shared.engine, &reference).await {
+        match image::inspect(&self.host.engine, &reference).await {
             Ok(image) => Ok(image_artifact(image)),
             Err(e) if e.is_not_found() => Err(BuildFailure::new(
                 ProblemKind::UnprocessableEntity,
@@ -273,7 +271,7 @@ impl ContainerBackend {
     /// Amphi did not build (registered with `{"image": …}`) is the user's and stays. Fails while
     /// a container still uses the image (the next collection tries again).
     async fn remove_built_image(&self, id: &str) -> Result<(), EngineError> {
-        let image = match image::inspect(&self.shared.engine, id).await {
+        let image = match image::inspect(&self.host.engine, id).await {
             Ok(image) => image,
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
@@ -283,7 +281,7 @@ impl ContainerBackend {
         }
         let id = id.to_string();
         let removed = self
-            .shared
+            .host
             .engine
             .run(|docker| async move {
                 docker.remove_image(&id, None::<bollard::query_parameters::RemoveImageOptions>, None).await
@@ -302,7 +300,7 @@ impl ContainerBackend {
     }
 
     fn new_pool(&self, function: &Arc<FunctionVersion>) -> Arc<ContainerPool> {
-        let driver = ContainerDriver::new(self.shared.clone(), function.clone());
+        let driver = ContainerDriver::new(self.host.clone(), function.clone());
         ContainerPool::new(function.clone(), Arc::new(driver))
     }
 
@@ -373,7 +371,7 @@ impl Backend for ContainerBackend {
         Some(Box::pin(self.find_image(reference.to_string())))
     }
 
-    fn check_config(&self, config: &FunctionConfig) -> Result<(), String> {
+    fn check_config(&self, config: &FunctionConfig) -> Result<(), InvalidConfig> {
         Self::check_function_config(config)
     }
 
@@ -387,13 +385,13 @@ impl Backend for ContainerBackend {
 
     fn invoke(&self, call: Call, request: http::Request<Bytes>) -> InvokeFuture {
         let pool = self.pool_for(&call.function);
-        let shared = self.shared.clone();
-        Box::pin(run_call(shared, pool, call, request))
+        let host = self.host.clone();
+        Box::pin(run_call(host, pool, call, request))
     }
 
-    fn remove_artifact(&self, digest: &str) -> BoxFuture<'_, Result<(), String>> {
+    fn remove_artifact(&self, digest: &str) -> BoxFuture<'_, Result<(), BoxError>> {
         let digest = digest.to_string();
-        Box::pin(async move { self.remove_built_image(&digest).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { Ok(self.remove_built_image(&digest).await?) })
     }
 
     fn instances(&self, function: &str) -> Option<Vec<InstanceView>> {
@@ -414,7 +412,7 @@ impl Backend for ContainerBackend {
 }
 
 async fn run_call(
-    shared: Arc<Shared>,
+    host: Arc<InstanceHost>,
     pool: Arc<ContainerPool>,
     call: Call,
     request: http::Request<Bytes>,
@@ -446,11 +444,7 @@ async fn run_call(
             };
             let detail = if instance.wait_gone(wait).await {
                 lease.discard();
-                format!(
-                    "{}{}",
-                    instance.describe_exit(&shared, "during the call").await,
-                    instance.last_lines()
-                )
+                format!("{}{}", instance.describe_exit(&host, "during the call").await, instance.last_lines())
             } else {
                 why
             };

@@ -200,7 +200,7 @@ impl<D: Driver> Pool<D> {
             }
             let running = state.slots.iter().position(|s| {
                 s.status == Status::Running
-                    && s.in_flight < config.concurrency
+                    && s.in_flight < config.instance_concurrency
                     && !self.driver.is_gone(&s.instance)
             });
             if let Some(at) = running {
@@ -232,7 +232,7 @@ impl<D: Driver> Pool<D> {
             let live = state.slots.len() as u32 + state.starting;
             // N = ceil(waiting / concurrency) instances on their way covers everyone waiting.
             let waiting = state.waiters.len() as u32;
-            if live < config.max_instances && state.starting * config.concurrency < waiting {
+            if live < config.max_instances && state.starting * config.instance_concurrency < waiting {
                 state.starting += 1;
                 tokio::spawn(self.clone().start_instance(None, true));
                 continue;
@@ -589,7 +589,7 @@ mod tests {
     }
 
     fn one_at_a_time() -> ContainerConfig {
-        ContainerConfig { max_instances: 1, concurrency: 1, ..Default::default() }
+        ContainerConfig { max_instances: 1, instance_concurrency: 1, ..Default::default() }
     }
 
     #[tokio::test(start_paused = true)]
@@ -618,7 +618,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_pool_grows_to_max_instances_and_queues_beyond() {
-        let config = ContainerConfig { max_instances: 3, concurrency: 1, ..Default::default() };
+        let config = ContainerConfig { max_instances: 3, instance_concurrency: 1, ..Default::default() };
         let driver = FakeDriver { start_time: Duration::from_millis(300), ..Default::default() };
         let (pool, driver) = pool(config, driver);
         let calls: Vec<Call> = (0..5).map(|_| call(&pool)).collect();

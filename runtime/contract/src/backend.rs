@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::call::{Call, Completion};
-use crate::function::{ArtifactKind, FunctionConfig, FunctionVersion};
+use crate::function::{ArtifactKind, FunctionConfig, FunctionVersion, InvalidConfig};
 use crate::problem::ProblemKind;
 use crate::record::{BackendKind, Outcome};
 
@@ -115,7 +115,7 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Checks what of a function's config depends on this backend (ceilings, grants it has).
-    fn check_config(&self, config: &FunctionConfig) -> Result<(), String>;
+    fn check_config(&self, config: &FunctionConfig) -> Result<(), InvalidConfig>;
 
     /// Starts the backend's background work, given the current versions of the functions it
     /// serves. Called once, on the runtime.
@@ -135,7 +135,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Removes what the backend keeps for an artifact that garbage collection is removing (an
     /// image it built); an error means "not now" (in use), and the next collection tries again.
-    fn remove_artifact(&self, _digest: &str) -> BoxFuture<'_, Result<(), String>> {
+    fn remove_artifact(&self, _digest: &str) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async { Ok(()) })
     }
 

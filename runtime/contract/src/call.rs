@@ -102,7 +102,7 @@ impl Ending {
 pub struct Completion(CompletionState);
 
 enum CompletionState {
-    Ready(Ending),
+    Over(Ending),
     Waiting(tokio::sync::oneshot::Receiver<Ending>),
 }
 
@@ -111,8 +111,8 @@ pub struct Completer(tokio::sync::oneshot::Sender<Ending>);
 
 impl Completion {
     /// A call that is already over (its whole response is in hand).
-    pub fn ready(ending: Ending) -> Self {
-        Self(CompletionState::Ready(ending))
+    pub fn over(ending: Ending) -> Self {
+        Self(CompletionState::Over(ending))
     }
 
     /// A completion the backend resolves later with the returned [`Completer`].
@@ -124,7 +124,7 @@ impl Completion {
     /// The ending, if the call is over already.
     pub fn now(&mut self) -> Option<Ending> {
         match &mut self.0 {
-            CompletionState::Ready(ending) => Some(ending.clone()),
+            CompletionState::Over(ending) => Some(ending.clone()),
             CompletionState::Waiting(receiver) => receiver.try_recv().ok(),
         }
     }
@@ -132,7 +132,7 @@ impl Completion {
     /// Waits for the ending.
     pub async fn wait(self) -> Option<Ending> {
         match self.0 {
-            CompletionState::Ready(ending) => Some(ending),
+            CompletionState::Over(ending) => Some(ending),
             CompletionState::Waiting(receiver) => receiver.await.ok(),
         }
     }

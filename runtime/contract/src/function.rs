@@ -5,6 +5,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// A function config, config patch or function name that cannot be accepted; the message names
+/// the field and says why (it becomes the `detail` of the API's problem).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
+impl InvalidConfig {
+    /// An error saying `why`.
+    pub fn new(why: impl Into<String>) -> Self {
+        Self(why.into())
+    }
+}
+
 /// How an artifact reaches the contract. Detected at upload, never declared by the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -45,7 +58,8 @@ pub struct FunctionConfig {
     pub memory_bytes: u64,
     /// Environment variables granted to the function (none by default).
     pub env: BTreeMap<String, String>,
-    /// Most calls of this function in flight at once; more wait for a slot.
+    /// Most calls of this function in flight at once, over all its instances; more wait for a
+    /// slot. One container instance's share is [`ContainerConfig::instance_concurrency`].
     pub concurrency: u32,
     /// Longest a call waits for one of the `concurrency` slots before it gets 429 (0: refuse at
     /// once). Container calls may then wait again for an instance (`container.queue_timeout_ms`).
@@ -75,8 +89,10 @@ pub struct ContainerConfig {
     pub min_instances: u32,
     /// Most instances at once; calls beyond their capacity wait in the queue.
     pub max_instances: u32,
-    /// Calls one instance serves at once.
-    pub concurrency: u32,
+    /// Calls one instance serves at once (`concurrency` in configs, `--instance-concurrency` in
+    /// the CLI); the function-wide limit is [`FunctionConfig::concurrency`].
+    #[serde(rename = "concurrency")]
+    pub instance_concurrency: u32,
     /// Longest a call waits in the queue for a free instance before it gets 429.
     pub queue_timeout_ms: u64,
     /// An idle instance above `min_instances` is paused after this long.
@@ -109,7 +125,7 @@ impl Default for ContainerConfig {
         Self {
             min_instances: 0,
             max_instances: 10,
-            concurrency: 1,
+            instance_concurrency: 1,
             queue_timeout_ms: 10_000,
             pause_after_ms: 10_000,
             idle_timeout_ms: 300_000,
@@ -142,38 +158,49 @@ impl ContainerProtocol {
 
 impl ContainerConfig {
     /// Checks the pool and sandbox settings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.max_instances == 0 || self.max_instances > 1000 {
-            return Err(format!("container.max_instances must be 1 to 1000, got {}", self.max_instances));
+            return Err(InvalidConfig(format!(
+                "container.max_instances must be 1 to 1000, got {}",
+                self.max_instances
+            )));
         }
         if self.min_instances > self.max_instances {
-            return Err(format!(
+            return Err(InvalidConfig(format!(
                 "container.min_instances ({}) is more than container.max_instances ({})",
                 self.min_instances, self.max_instances
-            ));
+            )));
         }
-        if self.concurrency == 0 {
-            return Err("container.concurrency must be at least 1".into());
+        if self.instance_concurrency == 0 {
+            return Err(InvalidConfig::new("container.concurrency must be at least 1"));
         }
         if self.cpu_millis < 10 {
-            return Err("container.cpu_millis must be at least 10 (a hundredth of a core)".into());
+            return Err(InvalidConfig::new(
+                "container.cpu_millis must be at least 10 (a hundredth of a core)",
+            ));
         }
         if self.pids_limit < 4 {
-            return Err("container.pids_limit must be at least 4".into());
+            return Err(InvalidConfig::new("container.pids_limit must be at least 4"));
         }
         if self.port == 0 {
-            return Err("container.port must not be 0".into());
+            return Err(InvalidConfig::new("container.port must not be 0"));
         }
         if self.idle_timeout_ms < self.pause_after_ms {
-            return Err("container.idle_timeout_ms must not be less than container.pause_after_ms".into());
+            return Err(InvalidConfig::new(
+                "container.idle_timeout_ms must not be less than container.pause_after_ms",
+            ));
         }
         if self.user.as_ref().is_some_and(|u| {
             u.is_empty() || u.len() > 64 || u.chars().any(|c| c.is_control() || c.is_whitespace())
         }) {
-            return Err("container.user must be a user name or uid[:gid] of at most 64 characters".into());
+            return Err(InvalidConfig::new(
+                "container.user must be a user name or uid[:gid] of at most 64 characters",
+            ));
         }
         if self.command.as_ref().is_some_and(|c| c.is_empty() || c.iter().any(|a| a.contains('\0'))) {
-            return Err("container.command must be a non-empty list of arguments without NUL bytes".into());
+            return Err(InvalidConfig::new(
+                "container.command must be a non-empty list of arguments without NUL bytes",
+            ));
         }
         Ok(())
     }
@@ -225,41 +252,44 @@ impl FunctionConfig {
     /// This config with `patch` (a JSON merge patch, RFC 7396) applied: fields the patch does not
     /// name keep their values, and `null` resets a field to its default. Not validated; callers
     /// validate the result as they would any config.
-    pub fn with_patch(&self, patch: &serde_json::Value) -> Result<FunctionConfig, String> {
+    pub fn with_patch(&self, patch: &serde_json::Value) -> Result<FunctionConfig, InvalidConfig> {
         if !patch.is_object() {
-            return Err("a config patch must be a JSON object".into());
+            return Err(InvalidConfig::new("a config patch must be a JSON object"));
         }
-        let mut config =
-            serde_json::to_value(self).map_err(|e| format!("cannot represent the config: {e}"))?;
+        let mut config = serde_json::to_value(self)
+            .map_err(|e| InvalidConfig(format!("cannot represent the config: {e}")))?;
         json_patch::merge(&mut config, patch);
-        serde_json::from_value(config).map_err(|e| format!("invalid config: {e}"))
+        serde_json::from_value(config).map_err(|e| InvalidConfig(format!("invalid config: {e}")))
     }
 
     /// Checks the config on its own; backends check what depends on them (such as memory ceilings).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.timeout_ms == 0 || self.timeout() > Self::MAX_TIMEOUT {
-            return Err(format!(
+            return Err(InvalidConfig(format!(
                 "timeout must be between 1ms and {}s, got {}ms",
                 Self::MAX_TIMEOUT.as_secs(),
                 self.timeout_ms
-            ));
+            )));
         }
         if self.memory_bytes < 64 << 10 {
-            return Err("memory must be at least 64KiB (one wasm page)".into());
+            return Err(InvalidConfig::new("memory must be at least 64KiB (one wasm page)"));
         }
         if self.concurrency == 0 {
-            return Err("concurrency must be at least 1".into());
+            return Err(InvalidConfig::new("concurrency must be at least 1"));
         }
         if self.queue_timeout() > Self::MAX_TIMEOUT {
-            return Err(format!("queue_timeout_ms must be at most {}s", Self::MAX_TIMEOUT.as_secs()));
+            return Err(InvalidConfig(format!(
+                "queue_timeout_ms must be at most {}s",
+                Self::MAX_TIMEOUT.as_secs()
+            )));
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(format!("`{key}` is not a valid environment variable name"));
+                return Err(InvalidConfig(format!("`{key}` is not a valid environment variable name")));
             }
         }
         if let Some(value) = self.env.values().find(|v| v.contains('\0')) {
-            return Err(format!("environment value `{value}` contains a NUL byte"));
+            return Err(InvalidConfig(format!("environment value `{value}` contains a NUL byte")));
         }
         self.container.validate()
     }
@@ -283,7 +313,7 @@ pub struct FunctionVersion {
 }
 
 /// Checks a function name: it is a URL path segment and a file-system-safe key.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), InvalidConfig> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -291,10 +321,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
+        Err(InvalidConfig(format!(
             "`{name}` is not a valid function name: use 1-63 lowercase letters, digits, `-` or `_`, \
              starting with a letter or digit"
-        ))
+        )))
     }
 }
 

@@ -28,7 +28,7 @@ pub use backend::{
 };
 pub use call::{Call, Completer, Completion, Ending, StartFacts};
 pub use capture::{LogCapture, TelemetrySink, now_unix_us};
-pub use function::{ArtifactKind, FunctionConfig, FunctionVersion};
+pub use function::{ArtifactKind, FunctionConfig, FunctionVersion, InvalidConfig};
 pub use problem::{Problem, ProblemKind};
 pub use record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};
 

@@ -337,7 +337,7 @@ impl Platform {
         digest: String,
         config: FunctionConfig,
     ) -> Result<(FunctionVersion, Option<String>), Problem> {
-        validate_name(&name).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
+        validate_name(&name).map_err(|e| Problem::new(ProblemKind::BadRequest, e.to_string()))?;
         let serialised = self.deploys.lock().await;
         self.deploy_serialised(serialised, name, digest, config).await
     }
@@ -356,8 +356,10 @@ impl Platform {
             .route(&name)
             .ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("no function named `{name}`")))?
             .function;
-        let config =
-            current.config.with_patch(&patch).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
+        let config = current
+            .config
+            .with_patch(&patch)
+            .map_err(|e| Problem::new(ProblemKind::BadRequest, e.to_string()))?;
         self.deploy_serialised(serialised, name, current.digest.clone(), config).await
     }
 
@@ -368,7 +370,7 @@ impl Platform {
         digest: String,
         config: FunctionConfig,
     ) -> Result<(FunctionVersion, Option<String>), Problem> {
-        config.validate().map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
+        config.validate().map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e.to_string()))?;
         let platform = self.clone();
         let function = blocking(move || {
             let unknown = |digest: &str| {
@@ -380,7 +382,9 @@ impl Platform {
             let artifact =
                 platform.registry.artifact(&digest).map_err(internal)?.ok_or_else(|| unknown(&digest))?;
             let backend = platform.backend_for(artifact.kind).map_err(internal)?;
-            backend.check_config(&config).map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e))?;
+            backend
+                .check_config(&config)
+                .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e.to_string()))?;
             platform.registry.deploy(&name, &digest, &config).map_err(|e| match e {
                 StoreError::UnknownArtifact(digest) => unknown(&digest),
                 other => internal(other),

@@ -83,7 +83,7 @@ pub async fn build(
     streaming: bool,
 ) -> Result<Response<ResponseBody>, Problem> {
     if let Some(function) = &request.function {
-        validate_name(function).map_err(|e| Problem::new(ProblemKind::BadRequest, e))?;
+        validate_name(function).map_err(|e| Problem::new(ProblemKind::BadRequest, e.to_string()))?;
     }
     let source = SourceUpload {
         bytes: request.context.clone(),

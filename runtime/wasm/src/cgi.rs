@@ -106,6 +106,6 @@ pub async fn invoke(
     Ok(BackendResponse {
         response: response
             .map(|body| Full::new(body).map_err(|never| -> BoxError { match never {} }).boxed_unsync()),
-        completion: Completion::ready(Ending::success()),
+        completion: Completion::over(Ending::success()),
     })
 }

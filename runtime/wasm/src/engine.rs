@@ -28,7 +28,7 @@ pub struct WasmSettings {
     pub max_memory_bytes: u64,
     /// Guard pages and signal-based traps instead of explicit bounds checks.
     pub guard_pages: bool,
-    /// Compiled functions kept ready to instantiate (the rest are reloaded from disk on use).
+    /// Compiled functions kept in memory (the rest are reloaded from disk on use).
     pub cache_entries: u64,
     /// Largest response a CGI module may write to stdout.
     pub max_cgi_response_bytes: usize,

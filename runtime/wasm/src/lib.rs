@@ -31,7 +31,8 @@ use std::time::Instant;
 use amphi_contract::backend::InvokeFuture;
 use amphi_contract::record::{BackendKind, StartKind};
 use amphi_contract::{
-    ArtifactKind, Backend, BackendError, BoxFuture, Call, FunctionConfig, ProblemKind, UploadError,
+    ArtifactKind, Backend, BackendError, BoxFuture, Call, FunctionConfig, InvalidConfig, ProblemKind,
+    UploadError,
 };
 use amphi_store::artifacts::Artifacts;
 use bytes::Bytes;
@@ -137,13 +138,13 @@ impl WasmBackend {
     }
 
     /// Checks what of a function's config depends on this backend.
-    fn check_memory_ceiling(&self, config: &FunctionConfig) -> Result<(), String> {
+    fn check_memory_ceiling(&self, config: &FunctionConfig) -> Result<(), InvalidConfig> {
         if config.memory_bytes > self.settings.max_memory_bytes {
-            return Err(format!(
+            return Err(InvalidConfig(format!(
                 "memory {} is above this server's ceiling of {} (serve --wasm-max-memory)",
                 amphi_contract::size::format_bytes(config.memory_bytes),
                 amphi_contract::size::format_bytes(self.settings.max_memory_bytes)
-            ));
+            )));
         }
         Ok(())
     }
@@ -189,7 +190,7 @@ impl Backend for WasmBackend {
         }))
     }
 
-    fn check_config(&self, config: &FunctionConfig) -> Result<(), String> {
+    fn check_config(&self, config: &FunctionConfig) -> Result<(), InvalidConfig> {
         self.check_memory_ceiling(config)
     }
 

@@ -1,4 +1,4 @@
-//! From uploaded bytes to something ready to instantiate, once per artifact digest.
+//! From uploaded bytes to something prepared to instantiate, once per artifact digest.
 //!
 //! An upload is validated and compiled at deploy time; the compiled code is written to the data
 //! directory (`compiled/<digest>-<engine key>`), so a restarted server deserializes it instead
@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::state::{CgiState, HttpState};
 
-/// A function ready to be instantiated.
+/// A function prepared for instantiation (its `InstancePre` or `ProxyPre`).
 pub enum Prepared {
     /// A `wasi:http` component.
     Http(ProxyPre<HttpState>),
@@ -63,7 +63,7 @@ pub struct Preparer {
     artifacts: Arc<Artifacts>,
     http_linker: ComponentLinker<HttpState>,
     cgi_linker: Linker<CgiState>,
-    ready: moka::sync::Cache<String, Arc<Prepared>>,
+    prepared: moka::sync::Cache<String, Arc<Prepared>>,
     /// Compile and load counters.
     pub stats: CompileStats,
 }
@@ -88,7 +88,7 @@ impl Preparer {
             artifacts,
             http_linker,
             cgi_linker,
-            ready: moka::sync::Cache::new(cache_entries),
+            prepared: moka::sync::Cache::new(cache_entries),
             stats: CompileStats::default(),
         })
     }
@@ -120,19 +120,19 @@ impl Preparer {
         self.stats.compiled.fetch_add(1, Ordering::Relaxed);
         let prepared = self.deserialize(kind, code)?;
         self.artifacts.put_compiled(&self.compiled_key(digest)?, code)?;
-        self.ready.insert(digest.to_string(), Arc::new(prepared));
+        self.prepared.insert(digest.to_string(), Arc::new(prepared));
         Ok(())
     }
 
-    /// The ready form of an artifact: from the cache, else from compiled code on disk, else
+    /// The prepared form of an artifact: from the cache, else from compiled code on disk, else
     /// compiled from its source. Blocking on a cache miss.
     pub fn get(&self, digest: &str, kind: ArtifactKind) -> Result<Arc<Prepared>, Arc<PrepareError>> {
-        self.ready.try_get_with(digest.to_string(), || self.load(digest, kind).map(Arc::new))
+        self.prepared.try_get_with(digest.to_string(), || self.load(digest, kind).map(Arc::new))
     }
 
-    /// The ready form if it is cached (no blocking work).
+    /// The prepared form if it is cached (no blocking work).
     pub fn cached(&self, digest: &str) -> Option<Arc<Prepared>> {
-        self.ready.get(digest)
+        self.prepared.get(digest)
     }
 
     fn compiled_key(&self, digest: &str) -> Result<String, PrepareError> {

@@ -59,6 +59,20 @@ impl Harness {
         Arc::new(FunctionVersion { name: "f".into(), version: 1, digest, kind, config, created_at_ms: 0 })
     }
 
+    /// Waits until the backend has made `count` instances in all: ready instances are made after
+    /// a call ends, off its path, so the next call finds one only once this has happened.
+    async fn wait_instances_made(&self, count: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.backend.stats().instances_made < count {
+            assert!(
+                Instant::now() < deadline,
+                "only {:?} instances made, waiting for {count}",
+                self.backend.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     async fn call(
         &self,
         function: &Arc<FunctionVersion>,
@@ -132,22 +146,24 @@ async fn ready_instances_serve_one_call_each_and_follow_a_new_version() {
         ..FunctionConfig::default()
     };
     let v1 = harness.deploy(amphi_guest_artifacts::RUST_HTTP_COMPONENT, env("one")).await;
-    for _ in 0..20 {
+    // The first call makes its instance on the request path, then two are made ready; every later
+    // call takes one and one more is made.
+    for call in 0..20 {
         let (status, _, body) = harness.call(&v1, "GET", "/state", b"").await.expect("call");
         assert_eq!((status, &body[..]), (200, &b"1"[..]), "every call sees a fresh instance");
-        // The next instance is made after the call: give it the moment a client would take.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        harness.wait_instances_made(call + 3).await;
     }
     let stats = harness.backend.stats();
-    assert!(stats.ready_hits >= 15, "most calls found a ready instance: {stats:?}");
+    assert_eq!((stats.ready_hits, stats.ready_misses), (19, 1), "{stats:?}");
 
     // A new version (new env) is served by instances made for it, never by the old ones.
     let v2 = Arc::new(FunctionVersion { version: 2, config: env("two"), ..(*v1).clone() });
     harness.backend.retire("f");
-    for _ in 0..3 {
+    let made = harness.backend.stats().instances_made;
+    for call in 0..3 {
         let (_, _, body) = harness.call(&v2, "GET", "/sleep?ms=1", b"").await.expect("call");
         assert_eq!(&body[..], b"two");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        harness.wait_instances_made(made + call + 3).await;
     }
     // A call still on the old version gets an instance of its own version.
     let (_, _, body) = harness.call(&v1, "GET", "/sleep?ms=1", b"").await.expect("call");
