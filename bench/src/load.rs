@@ -43,6 +43,8 @@ pub struct WrkRun {
     pub p50_us: f64,
     /// Latency 99th percentile, µs.
     pub p99_us: f64,
+    /// Responses received in the run.
+    pub requests: u64,
 }
 
 impl WrkRun {
@@ -52,6 +54,7 @@ impl WrkRun {
             rps: median(runs.iter().map(|r| r.rps)),
             p50_us: median(runs.iter().map(|r| r.p50_us)),
             p99_us: median(runs.iter().map(|r| r.p99_us)),
+            requests: median(runs.iter().map(|r| r.requests as f64)) as u64,
         }
     }
 }
@@ -87,7 +90,15 @@ pub fn wrk(url: &str, connections: u32, seconds: u32) -> Result<WrkRun> {
         .context("no Requests/sec in wrk's output")?
         .trim()
         .parse()?;
-    Ok(WrkRun { rps, p50_us: percentile("50%")?, p99_us: percentile("99%")? })
+    // `  123456 requests in 10.00s, 12.34MB read`
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim_start().split_once(" requests in "))
+        .context("no request count in wrk's output")?
+        .0
+        .trim()
+        .parse()?;
+    Ok(WrkRun { rps, p50_us: percentile("50%")?, p99_us: percentile("99%")?, requests })
 }
 
 fn parse_wrk_time(text: &str) -> Result<f64> {

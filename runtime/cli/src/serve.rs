@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// records are removed (its write-ahead log adds up to 4MiB and one write batch).
     #[arg(long, default_value = "10GiB", value_parser = parse_bytes)]
     log_max_size: u64,
+    /// Log lines waiting for the disk, in bytes; past half of it only the first 4KiB of each
+    /// call's output is taken, past all of it none (each call's record counts what it lost).
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    log_queue_size: u64,
     /// Time a client has to send a request's headers before the connection is closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
@@ -107,6 +111,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.logs.retention = args.log_retention;
     config.logs.max_lines = args.log_max_lines;
     config.logs.max_bytes = args.log_max_size;
+    config.logs.queued_line_bytes = usize::try_from(args.log_queue_size).unwrap_or(usize::MAX);
     config.drain_timeout = args.drain_timeout;
     config.header_read_timeout = args.header_read_timeout;
     config.body_timeout = args.body_timeout;

@@ -350,14 +350,18 @@ impl Instance {
                         call.capture.write(stream, line.as_bytes());
                         call.capture.write(stream, b"\n");
                     }
-                    None => sink.log_line(LogLine {
-                        seq: 0,
-                        ts_us: now_unix_us(),
-                        function: self.function.clone(),
-                        invocation_id: invocation,
-                        stream,
-                        line,
-                    }),
+                    // A line outside any call the store cannot take is counted in its stats.
+                    None => {
+                        let line = LogLine {
+                            seq: 0,
+                            ts_us: now_unix_us(),
+                            function: self.function.clone(),
+                            invocation_id: invocation,
+                            stream,
+                            line,
+                        };
+                        let _ = sink.log_line(line, 0);
+                    }
                 }
             }
             Event::End { invocation } => {

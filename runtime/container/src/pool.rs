@@ -557,7 +557,9 @@ mod tests {
     struct Nowhere;
 
     impl TelemetrySink for Nowhere {
-        fn log_line(&self, _: LogLine) {}
+        fn log_line(&self, _: LogLine, _: usize) -> bool {
+            true
+        }
         fn invocation(&self, _: InvocationRecord) {}
     }
 

@@ -1,5 +1,6 @@
 //! A call's output as the platform keeps it: stdout and stderr split into lines, within a byte
-//! budget, sent to a [`TelemetrySink`] (the log store, in a server) as they come.
+//! budget, sent to a [`TelemetrySink`] (the log store, in a server) as they come. Lines the sink
+//! could not take are counted, so the call's record says how many are missing.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,10 +11,24 @@ use crate::record::{InvocationRecord, LogLine, LogStream};
 ///
 /// Implementations must not block: they are called on the request path.
 pub trait TelemetrySink: Send + Sync + 'static {
-    /// Stores one log line.
-    fn log_line(&self, line: LogLine);
-    /// Stores one invocation record.
+    /// Stores one log line; `false` when the sink dropped it (it is full: the disk cannot keep
+    /// up), so the caller can count it. `logged_before` is how many bytes the line's call had
+    /// logged before it (0 outside a call): a filling sink refuses the heaviest loggers first.
+    fn log_line(&self, line: LogLine, logged_before: usize) -> bool;
+    /// Stores one invocation record. Records are never dropped.
     fn invocation(&self, record: InvocationRecord);
+}
+
+/// What became of a call's output, for its record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureCounts {
+    /// Lines handed to the sink and taken.
+    pub kept: u64,
+    /// Whether the call wrote more than its budget (the rest was not kept, and a platform line
+    /// says so).
+    pub truncated: bool,
+    /// Lines within the budget that the sink could not take.
+    pub dropped: u64,
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -35,8 +50,7 @@ struct CaptureState {
     invocation_id: String,
     budget: usize,
     limit: usize,
-    lines: u64,
-    truncated: bool,
+    counts: CaptureCounts,
     closed: bool,
     partial_stdout: Vec<u8>,
     partial_stderr: Vec<u8>,
@@ -56,8 +70,7 @@ impl LogCapture {
                 invocation_id,
                 budget: limit,
                 limit,
-                lines: 0,
-                truncated: false,
+                counts: CaptureCounts::default(),
                 closed: false,
                 partial_stdout: Vec::new(),
                 partial_stderr: Vec::new(),
@@ -99,9 +112,9 @@ impl LogCapture {
         }
     }
 
-    /// Flushes unfinished lines and stops capturing; returns (lines kept, truncated). Later
+    /// Flushes unfinished lines and stops capturing; returns what became of the output. Later
     /// writes are ignored; closing again returns the same counts.
-    pub fn close(&self) -> (u64, bool) {
+    pub fn close(&self) -> CaptureCounts {
         let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.closed {
             for stream in [LogStream::Stdout, LogStream::Stderr] {
@@ -112,7 +125,7 @@ impl LogCapture {
             }
             state.closed = true;
         }
-        (state.lines, state.truncated)
+        state.counts
     }
 }
 
@@ -127,7 +140,7 @@ impl CaptureState {
     /// Sends the line gathered for `stream` (an empty one too: a blank line is output).
     fn emit_line(&mut self, stream: LogStream) {
         let bytes = std::mem::take(self.partial(stream));
-        if self.truncated {
+        if self.counts.truncated {
             return;
         }
         let mut text = String::from_utf8_lossy(&bytes).into_owned();
@@ -140,28 +153,36 @@ impl CaptureState {
         {
             text = rest.to_string();
         }
-        if text.len() > self.budget {
-            if !self.truncated {
-                self.truncated = true;
-                let note = format!("log truncated: this call wrote more than {} bytes", self.limit);
-                self.send(LogStream::Platform, note);
-            }
+        // The line break counts too, so a call cannot store unbounded numbers of blank lines.
+        let cost = text.len() + 1;
+        if cost > self.budget {
+            self.counts.truncated = true;
+            let note = format!("log truncated: this call wrote more than {} bytes", self.limit);
+            self.send(LogStream::Platform, note);
             return;
         }
-        self.budget -= text.len();
+        self.budget -= cost;
         self.send(stream, text);
     }
 
     fn send(&mut self, stream: LogStream, line: String) {
-        self.lines += 1;
-        self.sink.log_line(LogLine {
-            seq: 0,
-            ts_us: now_unix_us(),
-            function: self.function.clone(),
-            invocation_id: self.invocation_id.clone(),
-            stream,
-            line,
-        });
+        let logged_before = self.limit - self.budget;
+        let taken = self.sink.log_line(
+            LogLine {
+                seq: 0,
+                ts_us: now_unix_us(),
+                function: self.function.clone(),
+                invocation_id: self.invocation_id.clone(),
+                stream,
+                line,
+            },
+            logged_before,
+        );
+        if taken {
+            self.counts.kept += 1;
+        } else {
+            self.counts.dropped += 1;
+        }
     }
 }
 
@@ -175,8 +196,9 @@ mod tests {
     }
 
     impl TelemetrySink for Collect {
-        fn log_line(&self, line: LogLine) {
+        fn log_line(&self, line: LogLine, _: usize) -> bool {
             self.lines.lock().expect("lock").push(line);
+            true
         }
         fn invocation(&self, _: InvocationRecord) {}
     }
@@ -192,7 +214,7 @@ mod tests {
         log.write(LogStream::Stdout, b"one\ntw");
         log.write(LogStream::Stderr, b"err\r\n");
         log.write(LogStream::Stdout, b"o\nthree");
-        assert_eq!(log.close(), (4, false));
+        assert_eq!(log.close(), CaptureCounts { kept: 4, truncated: false, dropped: 0 });
         let lines = sink.lines.lock().expect("lock");
         let texts: Vec<_> = lines.iter().map(|l| (l.stream, l.line.as_str())).collect();
         assert_eq!(
@@ -212,7 +234,7 @@ mod tests {
         let sink = Arc::new(Collect::default());
         let log = capture(sink.clone(), 10);
         log.write(LogStream::Stdout, b"12345\n123456789\nmore\n");
-        assert_eq!(log.close(), (2, true));
+        assert_eq!(log.close(), CaptureCounts { kept: 2, truncated: true, dropped: 0 });
         let lines = sink.lines.lock().expect("lock");
         assert_eq!(lines[0].line, "12345");
         assert_eq!(lines[1].stream, LogStream::Platform);
@@ -229,5 +251,34 @@ mod tests {
         let texts: Vec<_> =
             lines.iter().filter(|l| l.stream == LogStream::Stdout).map(|l| l.line.as_str()).collect();
         assert_eq!(texts, ["a", "", "", "b"]);
+    }
+
+    /// A sink that takes every other line.
+    #[derive(Default)]
+    struct Full {
+        offered: std::sync::atomic::AtomicU64,
+    }
+
+    impl TelemetrySink for Full {
+        fn log_line(&self, _: LogLine, _: usize) -> bool {
+            self.offered.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(2)
+        }
+        fn invocation(&self, _: InvocationRecord) {}
+    }
+
+    #[test]
+    fn lines_the_sink_drops_are_counted_apart_from_the_kept_ones() {
+        let log = LogCapture::new(Arc::new(Full::default()), "f".into(), "id".into(), 1024);
+        log.write(LogStream::Stdout, b"1\n2\n3\n4\n5\n");
+        assert_eq!(log.close(), CaptureCounts { kept: 3, truncated: false, dropped: 2 });
+    }
+
+    #[test]
+    fn blank_lines_cost_their_line_break() {
+        let sink = Arc::new(Collect::default());
+        let log = capture(sink.clone(), 4);
+        log.write(LogStream::Stdout, &[b'\n'; 100]);
+        let counts = log.close();
+        assert_eq!((counts.kept, counts.truncated), (5, true), "four blank lines, then the note");
     }
 }

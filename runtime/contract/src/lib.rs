@@ -27,7 +27,7 @@ pub use backend::{
     CheckedSource, ConnectionInfo, InstanceView, InvokeFuture, ResponseBody, SourceUpload, UploadError,
 };
 pub use call::{Call, Completer, Completion, Ending, StartFacts};
-pub use capture::{LogCapture, TelemetrySink, now_unix_us};
+pub use capture::{CaptureCounts, LogCapture, TelemetrySink, now_unix_us};
 pub use function::{ArtifactKind, FunctionConfig, FunctionVersion, InvalidConfig};
 pub use problem::{Problem, ProblemKind};
 pub use record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};

@@ -120,6 +120,10 @@ pub struct InvocationRecord {
     pub log_lines: u64,
     /// Whether the call wrote more log than its cap and the rest was dropped.
     pub log_truncated: bool,
+    /// Lines within the cap that the log store could not take (it fell behind); the call's log
+    /// then ends with a `platform` line saying how many.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 /// Which stream a log line came from.

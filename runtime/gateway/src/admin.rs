@@ -9,8 +9,8 @@
 //! | `GET /v1/functions/{name}` | the current version, every version, calls in flight, instances |
 //! | `PATCH /v1/functions/{name}` | change config fields → a new version of the same artifact |
 //! | `DELETE /v1/functions/{name}` | delete the function and its versions |
-//! | `GET /v1/logs` | log lines: `function`, `invocation`, `since`, `limit`, `follow` |
-//! | `GET /v1/invocations` | invocation records: `function`, `since`, `limit` |
+//! | `GET /v1/logs` | log lines: `function`, `invocation`, `since`, `after`, `limit`, `follow` |
+//! | `GET /v1/invocations` | invocation records: `function`, `since`, `after`, `limit` |
 //! | `GET /v1/invocations/{id}` | one record with its log lines |
 //! | `GET /v1/stats` | calls in flight, counters of the backends and the log store |
 
@@ -229,7 +229,7 @@ async fn logs(
         function: query.get("function").cloned(),
         invocation_id: query.get("invocation").cloned(),
         since_us: query.get("since").map(|s| parse_since(s)).transpose()?,
-        after_seq: None,
+        after_seq: parse_after(query)?,
         limit: parse_limit(query)?,
     };
     if query.get("follow").is_some_and(|v| v == "true" || v == "1") {
@@ -248,7 +248,7 @@ async fn invocations(
         function: query.get("function").cloned(),
         id: query.get("id").cloned(),
         since_us: query.get("since").map(|s| parse_since(s)).transpose()?,
-        after_seq: None,
+        after_seq: parse_after(query)?,
         limit: parse_limit(query)?,
     };
     let store = platform.logs.clone();
@@ -279,7 +279,7 @@ fn stats(platform: &Platform) -> Response<ResponseBody> {
         "functions": platform.functions().len(),
         "in_flight": platform.in_flight(),
         "data_directory_bytes": platform.data_bytes(),
-        "logs": { "lines_stored": platform.logs.lines_stored(), "dropped": platform.logs.dropped() },
+        "logs": platform.logs.stats(),
     });
     for (backend, stats) in platform.backend_stats() {
         body[backend] = stats;
@@ -298,6 +298,21 @@ fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Problem> {
             )),
         },
     }
+}
+
+/// `after` is the `seq` of the last item of the previous page: the next page starts past it.
+fn parse_after(query: &HashMap<String, String>) -> Result<Option<u64>, Problem> {
+    query
+        .get("after")
+        .map(|text| {
+            text.parse::<u64>().map_err(|_| {
+                Problem::new(
+                    ProblemKind::BadRequest,
+                    format!("after must be the `seq` of an item of a previous page, got `{text}`"),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// `since` is a duration back from now (`10m`), an RFC 3339 time, or microseconds since the epoch.

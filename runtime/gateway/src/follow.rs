@@ -3,12 +3,13 @@
 //! server shuts down.
 //!
 //! The feed is subscribed to before the backlog is read, so nothing committed in between is
-//! missed; a follower that falls behind the feed catches up from the store.
+//! missed; a follower that falls behind the feed catches up from the store with every line and
+//! record it missed, page by page, then goes on with the feed (skipping what it already sent).
 
 use std::sync::Arc;
 
 use amphi_contract::ResponseBody;
-use amphi_store::logs::{LogQuery, StoredEvent};
+use amphi_store::logs::{InvocationQuery, LogQuery, StoredEvent};
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use http_body::Frame;
@@ -32,6 +33,16 @@ pub fn stream(platform: Arc<Platform>, query: LogQuery) -> Response<ResponseBody
     response
 }
 
+/// Lines and records a catch-up reads from the store per query.
+const CATCH_UP_PAGE: usize = 1000;
+
+/// How far a follower has been sent: the last line and record positions.
+#[derive(Default)]
+struct Cursor {
+    line: u64,
+    record: u64,
+}
+
 async fn follow(
     platform: Arc<Platform>,
     query: LogQuery,
@@ -39,8 +50,8 @@ async fn follow(
     sender: mpsc::Sender<Chunk>,
 ) {
     let mut shutdown = platform.shutdown_signal();
-    let mut last_seq = 0;
-    if !catch_up(&platform, &query, &mut last_seq, &sender).await {
+    let mut cursor = Cursor::default();
+    if !backlog(&platform, &query, &mut cursor, &sender).await {
         return;
     }
     loop {
@@ -52,14 +63,7 @@ async fn follow(
         let event = match event {
             Ok(event) => event,
             Err(RecvError::Lagged(_)) => {
-                if !catch_up(
-                    &platform,
-                    &LogQuery { after_seq: Some(last_seq), ..query.clone() },
-                    &mut last_seq,
-                    &sender,
-                )
-                .await
-                {
+                if !catch_up(&platform, &query, &mut cursor, &sender).await {
                     return;
                 }
                 continue;
@@ -68,11 +72,15 @@ async fn follow(
         };
         let wanted = match &event {
             StoredEvent::Log(line) => {
-                let new = line.seq > last_seq;
-                last_seq = last_seq.max(line.seq);
+                let new = line.seq > cursor.line;
+                cursor.line = cursor.line.max(line.seq);
                 new && matches(&query, &line.function, &line.invocation_id)
             }
-            StoredEvent::Invocation(stored) => matches(&query, &stored.record.function, &stored.record.id),
+            StoredEvent::Invocation(stored) => {
+                let new = stored.seq > cursor.record;
+                cursor.record = cursor.record.max(stored.seq);
+                new && matches(&query, &stored.record.function, &stored.record.id)
+            }
         };
         if wanted && sender.send(Ok(Frame::data(event_line(&event)))).await.is_err() {
             return;
@@ -80,25 +88,81 @@ async fn follow(
     }
 }
 
-/// Sends what the store has for `query`; false when the client is gone or the store failed.
-async fn catch_up(
+/// Sends the last `query.limit` lines the store has for `query`, and notes where records stand;
+/// false when the client is gone or the store failed.
+async fn backlog(
     platform: &Arc<Platform>,
     query: &LogQuery,
-    last_seq: &mut u64,
+    cursor: &mut Cursor,
     sender: &mpsc::Sender<Chunk>,
 ) -> bool {
     let store = platform.logs.clone();
     let backlog_query = query.clone();
-    let Ok(lines) = blocking(move || store.logs(&backlog_query).map_err(internal)).await else {
+    let read = blocking(move || {
+        let lines = store.logs(&backlog_query).map_err(internal)?;
+        let newest =
+            store.invocations(&InvocationQuery { limit: 1, ..Default::default() }).map_err(internal)?;
+        Ok((lines, newest.first().map_or(0, |r| r.seq)))
+    });
+    let Ok((lines, newest_record)) = read.await else {
         return false;
     };
+    cursor.record = newest_record;
     for line in lines {
-        *last_seq = (*last_seq).max(line.seq);
+        cursor.line = cursor.line.max(line.seq);
         if sender.send(Ok(Frame::data(event_line(&StoredEvent::Log(line))))).await.is_err() {
             return false;
         }
     }
     true
+}
+
+/// After the follower fell behind the live feed: sends every line and record the store committed
+/// past `cursor`, page by page, until it has them all; false when the client is gone or the
+/// store failed.
+async fn catch_up(
+    platform: &Arc<Platform>,
+    query: &LogQuery,
+    cursor: &mut Cursor,
+    sender: &mpsc::Sender<Chunk>,
+) -> bool {
+    loop {
+        let store = platform.logs.clone();
+        let lines_query =
+            LogQuery { after_seq: Some(cursor.line), limit: CATCH_UP_PAGE, since_us: None, ..query.clone() };
+        let records_query = InvocationQuery {
+            function: query.function.clone(),
+            id: query.invocation_id.clone(),
+            after_seq: Some(cursor.record),
+            limit: CATCH_UP_PAGE,
+            ..Default::default()
+        };
+        let read = blocking(move || {
+            Ok((
+                store.logs(&lines_query).map_err(internal)?,
+                store.invocations(&records_query).map_err(internal)?,
+            ))
+        });
+        let Ok((lines, records)) = read.await else {
+            return false;
+        };
+        let done = lines.len() < CATCH_UP_PAGE && records.len() < CATCH_UP_PAGE;
+        for line in lines {
+            cursor.line = cursor.line.max(line.seq);
+            if sender.send(Ok(Frame::data(event_line(&StoredEvent::Log(line))))).await.is_err() {
+                return false;
+            }
+        }
+        for record in records {
+            cursor.record = cursor.record.max(record.seq);
+            if sender.send(Ok(Frame::data(event_line(&StoredEvent::Invocation(record))))).await.is_err() {
+                return false;
+            }
+        }
+        if done {
+            return true;
+        }
+    }
 }
 
 /// A stream item of `logs?follow=true`, as sent (one JSON object per line).

@@ -134,7 +134,7 @@ impl Invocation {
         if let Some(error) = &ending.error {
             self.call.log.platform_line(error);
         }
-        let (log_lines, log_truncated) = self.call.log.close();
+        let log = self.call.log.close();
         let facts = self.call.facts();
         self.sink.invocation(InvocationRecord {
             id: self.call.id.to_string(),
@@ -152,8 +152,9 @@ impl Invocation {
             outcome: ending.outcome,
             status,
             error: ending.error,
-            log_lines,
-            log_truncated,
+            log_lines: log.kept,
+            log_truncated: log.truncated,
+            log_lines_dropped: log.dropped,
         });
     }
 }
@@ -247,8 +248,9 @@ mod tests {
     }
 
     impl TelemetrySink for Collect {
-        fn log_line(&self, line: LogLine) {
+        fn log_line(&self, line: LogLine, _: usize) -> bool {
             self.lines.lock().expect("lock").push(line);
+            true
         }
         fn invocation(&self, record: InvocationRecord) {
             self.records.lock().expect("lock").push(record);

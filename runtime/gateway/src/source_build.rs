@@ -127,14 +127,19 @@ async fn run_build(
     let function = request.function.clone();
     let log = move |text: &str| {
         if let Some(function) = &function {
-            logs.log_line(LogLine {
-                seq: 0,
-                ts_us: now_unix_us(),
-                function: function.clone(),
-                invocation_id: String::new(),
-                stream: LogStream::Build,
-                line: text.to_string(),
-            });
+            // A build line the store cannot take is counted in its stats; there is no call to
+            // note it on.
+            let _ = logs.log_line(
+                LogLine {
+                    seq: 0,
+                    ts_us: now_unix_us(),
+                    function: function.clone(),
+                    invocation_id: String::new(),
+                    stream: LogStream::Build,
+                    line: text.to_string(),
+                },
+                0,
+            );
         }
     };
     let progress = Box::new(|event: BuildProgress| {

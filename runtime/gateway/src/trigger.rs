@@ -60,6 +60,8 @@ pub async fn invoke(
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_string(),
     };
+    // Calls start no faster than the log store writes their records: none is ever dropped.
+    platform.logs.room_for_record().await;
     let mut invocation = Invocation::new(
         route.function.clone(),
         backend,

@@ -18,8 +18,9 @@ struct Collected {
 }
 
 impl TelemetrySink for Collected {
-    fn log_line(&self, line: LogLine) {
+    fn log_line(&self, line: LogLine, _: usize) -> bool {
         self.lines.lock().expect("lock").push(line);
+        true
     }
     fn invocation(&self, _: InvocationRecord) {
         unreachable!("a backend never writes an invocation record");
@@ -98,7 +99,7 @@ impl Harness {
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.expect("body").to_bytes();
         let ending = answer.completion.wait().await.expect("the backend says how the call ended");
-        let (log_lines, _) = log.close();
+        let log_lines = log.close().kept;
         let finished = Finished { id: id.to_string(), status, outcome: ending.outcome, log_lines };
         self.finished.lock().expect("lock").push((path.to_string(), finished));
         Ok((status, headers, body))
