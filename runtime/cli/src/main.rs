@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod crate_build;
 mod serve;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ enum Command {
     Describe(commands::NameArgs),
     /// Delete a function and its versions.
     Rm(commands::NameArgs),
+    /// A live view of every function: calls a second, p50/p99, errors, cold starts, instances.
+    Top(top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
                     Command::Ls(args) => commands::list(&client, args).await,
                     Command::Describe(args) => commands::describe(&client, args).await,
                     Command::Rm(args) => commands::remove(&client, args).await,
+                    Command::Top(args) => top::run(&client, args).await,
                     Command::Serve(_) | Command::Build(_) => unreachable!("handled above"),
                 }
             }

@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// call's output is taken, past all of it none (each call's record counts what it lost).
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     log_queue_size: u64,
+    /// Serve `GET /metrics` without the admin token (for a Prometheus that has none).
+    #[arg(long)]
+    metrics_public: bool,
     /// Time a client has to send a request's headers before the connection is closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
@@ -112,6 +115,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.logs.max_lines = args.log_max_lines;
     config.logs.max_bytes = args.log_max_size;
     config.logs.queued_line_bytes = usize::try_from(args.log_queue_size).unwrap_or(usize::MAX);
+    config.metrics_public = args.metrics_public;
     config.drain_timeout = args.drain_timeout;
     config.header_read_timeout = args.header_read_timeout;
     config.body_timeout = args.body_timeout;

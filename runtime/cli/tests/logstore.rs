@@ -241,3 +241,112 @@ async fn kill_9_under_log_load_loses_no_record_answered_a_second_before() {
         "records of calls answered more than 1 s before the kill are missing: {missing:?}"
     );
 }
+
+/// Takes the complete chunks of an HTTP/1.1 chunked body off the front of `raw` into `body`.
+fn dechunk(raw: &mut Vec<u8>, body: &mut Vec<u8>) {
+    loop {
+        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else { return };
+        let size_text = String::from_utf8_lossy(&raw[..end]).to_string();
+        let size = usize::from_str_radix(size_text.trim(), 16).expect("a chunk size");
+        if raw.len() < end + 2 + size + 2 {
+            return;
+        }
+        body.extend_from_slice(&raw[end + 2..end + 2 + size]);
+        raw.drain(..end + 2 + size + 2);
+    }
+}
+
+/// `--follow` never misses: a follower with a tiny receive window stops reading while calls log
+/// (far more than the live feed buffers), so it falls behind; when it reads again it is sent
+/// every line and record it missed, each once, and `/v1/stats` counts the catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_falls_behind_is_sent_everything_it_missed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    server.deploy("logger", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    let address = server.url.trim_start_matches("http://").parse().expect("address");
+    let mut follower = socket.connect(address).await.expect("connect");
+    let request = format!(
+        "GET /v1/logs?function=logger&follow=true&limit=1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        support::TOKEN
+    );
+    follower.write_all(request.as_bytes()).await.expect("send");
+    // The response head comes once the follower is subscribed.
+    let mut raw = Vec::new();
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buffer = [0u8; 4096];
+        let n = follower.read(&mut buffer).await.expect("read the head");
+        assert!(n > 0, "the follow stream closed");
+        raw.extend_from_slice(&buffer[..n]);
+    }
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    raw.drain(..head_end);
+
+    // 800 calls of 101 lines: far more than the live feed (16,384 events) and the socket
+    // buffers between it and a reader that does not read (a few MB) hold.
+    let url = server.fn_url("logger", &format!("/log?lines={LINES}"));
+    let clients = (0..16).map(|_| {
+        let (http, url) = (server.http.clone(), url.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..50 {
+                let response = http.get(&url).send().await.expect("call");
+                assert_eq!(response.status(), 200);
+                ids.push(response.headers()["amphi-invocation-id"].to_str().expect("id").to_string());
+                response.bytes().await.expect("body");
+            }
+            ids
+        })
+    });
+    let mut answered = BTreeSet::new();
+    for client in clients.collect::<Vec<_>>() {
+        answered.extend(client.await.expect("client"));
+    }
+    settled(&server).await;
+
+    // Read until every call's record has come (bounded in time).
+    let (mut body, mut events) = (Vec::new(), Vec::new());
+    let mut records: BTreeSet<String> = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let all_lines = answered.len() * (LINES as usize + 1);
+    let mut line_events = 0;
+    while records.len() < answered.len() || line_events < all_lines {
+        let mut buffer = vec![0u8; 64 << 10];
+        let read = tokio::time::timeout_at(deadline.into(), follower.read(&mut buffer)).await;
+        let n = read.expect("the follower got every line and record in time").expect("read");
+        assert!(n > 0, "the follow stream closed");
+        raw.extend_from_slice(&buffer[..n]);
+        dechunk(&mut raw, &mut body);
+        while let Some(end) = body.iter().position(|&b| b == b'\n') {
+            let event: Value = serde_json::from_slice(&body[..end]).expect("an NDJSON event");
+            body.drain(..=end);
+            if event["type"] == "invocation" {
+                records.insert(event["id"].as_str().expect("id").to_string());
+            } else {
+                line_events += 1;
+            }
+            events.push(event);
+        }
+    }
+    assert_eq!(records, answered, "the records followed are the calls answered");
+    let mut lines_per_call: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for event in events.iter().filter(|e| e["type"] == "log") {
+        let seq = event["seq"].as_u64().expect("seq");
+        assert!(seen.insert(seq), "line {seq} was sent twice");
+        *lines_per_call.entry(event["invocation_id"].as_str().expect("id").to_string()).or_default() += 1;
+    }
+    let short: Vec<_> = lines_per_call.iter().filter(|(_, n)| **n != u64::from(LINES) + 1).collect();
+    assert!(short.is_empty(), "calls whose lines did not all come: {short:?}");
+    assert_eq!(lines_per_call.len(), answered.len());
+    let stats = server.admin(Method::GET, "/stats").send().await.expect("stats");
+    let catch_ups = stats.json::<Value>().await.expect("json")["log_follower_catch_ups"].as_u64();
+    println!("{} calls followed; {} events; {catch_ups:?} catch-ups", answered.len(), events.len());
+    assert!(catch_ups > Some(0), "the follower never fell behind: the test did not test the catch-up");
+}

@@ -55,6 +55,28 @@ pub async fn handle(
     }
 }
 
+/// `GET /metrics`: the admin token is required unless the server runs with `--metrics-public`.
+pub fn metrics(platform: &Platform, request: &Request<Incoming>) -> Response<ResponseBody> {
+    if !platform.config.metrics_public && !authorized(platform, request) {
+        return problem_of(
+            ProblemKind::Unauthorized,
+            "/metrics needs the admin token (Authorization: Bearer TOKEN) unless the server runs with \
+             --metrics-public",
+        );
+    }
+    match platform.metrics.encode(platform) {
+        Ok(text) => {
+            let mut response = Response::new(crate::respond::full(text));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        Err(e) => problem_of(ProblemKind::Internal, format!("cannot encode the metrics: {e}")),
+    }
+}
+
 fn authorized(platform: &Platform, request: &Request<Incoming>) -> bool {
     let Some(given) = request
         .headers()
@@ -280,6 +302,7 @@ fn stats(platform: &Platform) -> Response<ResponseBody> {
         "in_flight": platform.in_flight(),
         "data_directory_bytes": platform.data_bytes(),
         "logs": platform.logs.stats(),
+        "log_follower_catch_ups": platform.follower_catch_ups.load(std::sync::atomic::Ordering::Relaxed),
     });
     for (backend, stats) in platform.backend_stats() {
         body[backend] = stats;

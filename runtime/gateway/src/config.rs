@@ -40,6 +40,8 @@ pub struct ServeConfig {
     pub gc_every: Duration,
     /// How old an unused artifact must be before garbage collection removes it.
     pub gc_grace: Duration,
+    /// Whether `GET /metrics` answers without the admin token.
+    pub metrics_public: bool,
     /// Threads that accept and serve connections, each with its own listener on the same port;
     /// 0 means one per CPU.
     pub workers: usize,
@@ -63,6 +65,7 @@ impl ServeConfig {
             logs: LogStoreConfig::default(),
             wasm: WasmSettings::default(),
             workers: 0,
+            metrics_public: false,
             gc_every: Duration::from_secs(600),
             gc_grace: Duration::from_secs(3600),
         }

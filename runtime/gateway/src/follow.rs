@@ -63,6 +63,7 @@ async fn follow(
         let event = match event {
             Ok(event) => event,
             Err(RecvError::Lagged(_)) => {
+                platform.follower_catch_ups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if !catch_up(&platform, &query, &mut cursor, &sender).await {
                     return;
                 }
@@ -117,9 +118,9 @@ async fn backlog(
     true
 }
 
-/// After the follower fell behind the live feed: sends every line and record the store committed
-/// past `cursor`, page by page, until it has them all; false when the client is gone or the
-/// store failed.
+/// After the follower fell behind the live feed: sends every line the store committed past
+/// `cursor`, then every record, page by page until it has them all (a call's lines before its
+/// record, as in the live feed); false when the client is gone or the store failed.
 async fn catch_up(
     platform: &Arc<Platform>,
     query: &LogQuery,
@@ -130,6 +131,22 @@ async fn catch_up(
         let store = platform.logs.clone();
         let lines_query =
             LogQuery { after_seq: Some(cursor.line), limit: CATCH_UP_PAGE, since_us: None, ..query.clone() };
+        let Ok(lines) = blocking(move || store.logs(&lines_query).map_err(internal)).await else {
+            return false;
+        };
+        let last_page = lines.len() < CATCH_UP_PAGE;
+        for line in lines {
+            cursor.line = cursor.line.max(line.seq);
+            if sender.send(Ok(Frame::data(event_line(&StoredEvent::Log(line))))).await.is_err() {
+                return false;
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    loop {
+        let store = platform.logs.clone();
         let records_query = InvocationQuery {
             function: query.function.clone(),
             id: query.invocation_id.clone(),
@@ -137,29 +154,17 @@ async fn catch_up(
             limit: CATCH_UP_PAGE,
             ..Default::default()
         };
-        let read = blocking(move || {
-            Ok((
-                store.logs(&lines_query).map_err(internal)?,
-                store.invocations(&records_query).map_err(internal)?,
-            ))
-        });
-        let Ok((lines, records)) = read.await else {
+        let Ok(records) = blocking(move || store.invocations(&records_query).map_err(internal)).await else {
             return false;
         };
-        let done = lines.len() < CATCH_UP_PAGE && records.len() < CATCH_UP_PAGE;
-        for line in lines {
-            cursor.line = cursor.line.max(line.seq);
-            if sender.send(Ok(Frame::data(event_line(&StoredEvent::Log(line))))).await.is_err() {
-                return false;
-            }
-        }
+        let last_page = records.len() < CATCH_UP_PAGE;
         for record in records {
             cursor.record = cursor.record.max(record.seq);
             if sender.send(Ok(Frame::data(event_line(&StoredEvent::Invocation(record))))).await.is_err() {
                 return false;
             }
         }
-        if done {
+        if last_page {
             return true;
         }
     }

@@ -29,6 +29,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 
 use crate::capacity::Slot;
+use crate::metrics::Metrics;
 
 /// Status recorded for a call whose caller went away, or that the server stopped (nginx's 499).
 const ABANDONED: u16 = 499;
@@ -43,17 +44,19 @@ pub struct Invocation {
     start_us: u64,
     deadline_unix_ms: u64,
     sink: Arc<dyn TelemetrySink>,
+    metrics: Arc<Metrics>,
     finished: bool,
 }
 
 impl Invocation {
-    /// A call of `function` on `backend` arriving now, its output captured up to `log_limit_bytes`.
+    /// A call of `function` on `backend` arriving now, its output captured up to
+    /// `log_limit_bytes`; its record goes to `sink` and is counted in `metrics`.
     pub fn new(
         function: Arc<FunctionVersion>,
         backend: BackendKind,
-        method: String,
-        path: String,
+        (method, path): (String, String),
         sink: Arc<dyn TelemetrySink>,
+        metrics: Arc<Metrics>,
         log_limit_bytes: usize,
     ) -> Self {
         let id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
@@ -69,6 +72,7 @@ impl Invocation {
             start_us: now_unix_us(),
             deadline_unix_ms: 0,
             sink,
+            metrics,
             finished: false,
         };
         invocation.admit();
@@ -136,7 +140,7 @@ impl Invocation {
         }
         let log = self.call.log.close();
         let facts = self.call.facts();
-        self.sink.invocation(InvocationRecord {
+        let record = InvocationRecord {
             id: self.call.id.to_string(),
             function: self.call.function.name.clone(),
             version: self.call.function.version,
@@ -155,7 +159,9 @@ impl Invocation {
             log_lines: log.kept,
             log_truncated: log.truncated,
             log_lines_dropped: log.dropped,
-        });
+        };
+        self.metrics.call_ended(&record);
+        self.sink.invocation(record);
     }
 }
 
@@ -266,7 +272,8 @@ mod tests {
             config: FunctionConfig::default(),
             created_at_ms: 0,
         });
-        Invocation::new(function, BackendKind::Wasm, "GET".into(), "/".into(), sink.clone(), 1024)
+        let metrics = Arc::default();
+        Invocation::new(function, BackendKind::Wasm, ("GET".into(), "/".into()), sink.clone(), metrics, 1024)
     }
 
     fn body(text: &'static str) -> ResponseBody {

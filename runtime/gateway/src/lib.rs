@@ -14,6 +14,7 @@ pub mod capacity;
 pub mod config;
 pub mod follow;
 pub mod invocation;
+pub mod metrics;
 pub mod platform;
 pub mod respond;
 pub mod server;

@@ -59,6 +59,10 @@ pub struct Platform {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// The data directory's size in bytes, as of the last garbage collection.
     data_bytes: std::sync::atomic::AtomicU64,
+    /// Times a log follower fell behind the live feed and was caught up from the store.
+    pub follower_catch_ups: std::sync::atomic::AtomicU64,
+    /// Calls counted and timed, for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Versions of a function whose artifacts garbage collection keeps: the current one and the
@@ -106,6 +110,8 @@ impl Platform {
             token,
             shutdown: tokio::sync::watch::Sender::new(false),
             data_bytes: std::sync::atomic::AtomicU64::new(0),
+            follower_catch_ups: std::sync::atomic::AtomicU64::new(0),
+            metrics: Arc::default(),
         };
         for function in platform.registry.all_current()? {
             platform.install_route(function)?;
@@ -244,6 +250,24 @@ impl Platform {
     pub fn in_flight(&self) -> usize {
         let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         routes.values().map(|r| r.capacity.in_flight()).sum()
+    }
+
+    /// Calls in flight per function, with the backend that runs it.
+    pub fn in_flight_by_function(&self) -> Vec<(String, amphi_contract::BackendKind, usize)> {
+        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes.iter().map(|(name, r)| (name.clone(), r.backend.kind(), r.capacity.in_flight())).collect()
+    }
+
+    /// The instances of every function whose backend keeps instances (containers).
+    pub fn instances_by_function(&self) -> Vec<(String, Vec<amphi_contract::InstanceView>)> {
+        let routes: Vec<(String, Arc<dyn Backend>)> = {
+            let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            routes.iter().map(|(name, r)| (name.clone(), r.backend.clone())).collect()
+        };
+        routes
+            .into_iter()
+            .filter_map(|(name, backend)| Some((name.clone(), backend.instances(&name)?)))
+            .collect()
     }
 
     /// The current version of every function, by name.

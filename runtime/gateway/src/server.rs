@@ -221,6 +221,9 @@ async fn dispatch(
     if path == "/healthz" {
         return Response::new(respond::full("ok\n"));
     }
+    if path == "/metrics" {
+        return admin::metrics(platform, &request);
+    }
     respond::problem_of(
         ProblemKind::NotFound,
         format!("no route {path}: functions are called at /fn/NAME, the admin API is at /v1"),

@@ -65,9 +65,9 @@ pub async fn invoke(
     let mut invocation = Invocation::new(
         route.function.clone(),
         backend,
-        parts.method.to_string(),
-        record_path(&path),
+        (parts.method.to_string(), record_path(&path)),
         platform.logs.clone(),
+        platform.metrics.clone(),
         platform.config.log_bytes_per_invocation,
     );
     let id = invocation.id().to_string();
@@ -141,6 +141,7 @@ pub async fn invoke(
             let facts = invocation.facts();
             let init = facts.init.unwrap_or_default();
             let exec = dispatched.elapsed().saturating_sub(init + facts.queued);
+            platform.metrics.call_answered(name, backend, queue + facts.queued, (facts.start, init), exec);
             let (mut parts, body) = response.into_parts();
             // Only the platform speaks `amphi-*`: a function cannot pass for it.
             headers::remove_reserved(&mut parts.headers);
