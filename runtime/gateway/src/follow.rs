@@ -119,48 +119,58 @@ async fn backlog(
 }
 
 /// After the follower fell behind the live feed: sends every line the store committed past
-/// `cursor`, then every record, page by page until it has them all (a call's lines before its
-/// record, as in the live feed); false when the client is gone or the store failed.
+/// `cursor`, then every record (a call's lines before its record, as in the live feed); false
+/// when the client is gone or the store failed.
 async fn catch_up(
     platform: &Arc<Platform>,
     query: &LogQuery,
     cursor: &mut Cursor,
     sender: &mpsc::Sender<Chunk>,
 ) -> bool {
-    loop {
-        let store = platform.logs.clone();
-        let lines_query =
-            LogQuery { after_seq: Some(cursor.line), limit: CATCH_UP_PAGE, since_us: None, ..query.clone() };
-        let Ok(lines) = blocking(move || store.logs(&lines_query).map_err(internal)).await else {
-            return false;
-        };
-        let last_page = lines.len() < CATCH_UP_PAGE;
-        for line in lines {
-            cursor.line = cursor.line.max(line.seq);
-            if sender.send(Ok(Frame::data(event_line(&StoredEvent::Log(line))))).await.is_err() {
-                return false;
-            }
-        }
-        if last_page {
-            break;
-        }
+    let (store, lines_query) = (platform.logs.clone(), query.clone());
+    let lines = move |after| {
+        store.logs(&LogQuery {
+            after_seq: Some(after),
+            limit: CATCH_UP_PAGE,
+            since_us: None,
+            ..lines_query.clone()
+        })
+    };
+    if !send_pages(sender, &mut cursor.line, lines, |line| line.seq, StoredEvent::Log).await {
+        return false;
     }
-    loop {
-        let store = platform.logs.clone();
-        let records_query = InvocationQuery {
-            function: query.function.clone(),
-            id: query.invocation_id.clone(),
-            after_seq: Some(cursor.record),
+    let (store, function, id) = (platform.logs.clone(), query.function.clone(), query.invocation_id.clone());
+    let records = move |after| {
+        store.invocations(&InvocationQuery {
+            function: function.clone(),
+            id: id.clone(),
+            after_seq: Some(after),
             limit: CATCH_UP_PAGE,
             ..Default::default()
-        };
-        let Ok(records) = blocking(move || store.invocations(&records_query).map_err(internal)).await else {
+        })
+    };
+    send_pages(sender, &mut cursor.record, records, |record| record.seq, StoredEvent::Invocation).await
+}
+
+/// Sends what `read(position)` returns, page after page (moving `position` past each item), until
+/// a page is shorter than [`CATCH_UP_PAGE`]; false when the client is gone or the store failed.
+async fn send_pages<T: Send + 'static>(
+    sender: &mpsc::Sender<Chunk>,
+    position: &mut u64,
+    read: impl Fn(u64) -> Result<Vec<T>, amphi_store::StoreError> + Send + Sync + 'static,
+    seq: fn(&T) -> u64,
+    event: fn(T) -> StoredEvent,
+) -> bool {
+    let read = Arc::new(read);
+    loop {
+        let (read, after) = (read.clone(), *position);
+        let Ok(page) = blocking(move || read(after).map_err(internal)).await else {
             return false;
         };
-        let last_page = records.len() < CATCH_UP_PAGE;
-        for record in records {
-            cursor.record = cursor.record.max(record.seq);
-            if sender.send(Ok(Frame::data(event_line(&StoredEvent::Invocation(record))))).await.is_err() {
+        let last_page = page.len() < CATCH_UP_PAGE;
+        for item in page {
+            *position = (*position).max(seq(&item));
+            if sender.send(Ok(Frame::data(event_line(&event(item))))).await.is_err() {
                 return false;
             }
         }

@@ -40,6 +40,32 @@ pub struct ChunkLine {
     pub text: String,
 }
 
+/// Stores `lines` (one to [`MAX_LINES`]) of `invocation_id` of `function` as one chunk, the last
+/// of them line number `line_end` of the store; returns the chunk's `seq`.
+pub fn insert(
+    conn: &rusqlite::Connection,
+    (function, invocation_id): (&str, &str),
+    lines: &[ChunkLine],
+    line_end: i64,
+) -> rusqlite::Result<i64> {
+    let first = lines.first().map_or(0, |l| l.ts_us);
+    let last = lines.iter().map(|l| l.ts_us).max().unwrap_or(first);
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO log_chunks (function, invocation_id, first_ts_us, last_ts_us, lines, line_end, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    insert.execute(rusqlite::params![
+        function,
+        invocation_id,
+        first as i64,
+        last as i64,
+        lines.len() as i64,
+        line_end,
+        encode(lines)
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
 /// Encodes `lines` (at least one); returns the encoding.
 pub fn encode(lines: &[ChunkLine]) -> Vec<u8> {
     let text: usize = lines.iter().map(|l| l.text.len()).sum();

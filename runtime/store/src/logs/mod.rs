@@ -225,11 +225,17 @@ impl LogStore {
     /// [`LogStoreConfig::queued_records`] behind. A call waits here before it starts, so the
     /// records waiting stay bounded without any being dropped.
     pub async fn room_for_record(&self) {
+        let has_room = || self.counters.queued_records.load(Ordering::Acquire) < self.config.queued_records;
+        // The usual case, on every call's path: no waiter is made.
+        if has_room() {
+            return;
+        }
         loop {
+            // Registered before the check, so a write between the two is not missed.
             let room = self.counters.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.counters.queued_records.load(Ordering::Acquire) < self.config.queued_records {
+            if has_room() {
                 return;
             }
             room.await;

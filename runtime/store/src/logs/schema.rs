@@ -1,6 +1,6 @@
 //! The log store's tables, and bringing a database written by an older version up to them.
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 use super::chunk::{self, ChunkLine};
 use crate::StoreError;
@@ -111,10 +111,6 @@ fn move_line_rows_into_chunks(conn: &mut Connection) -> Result<(), StoreError> {
         let mut line_end: i64 =
             tx.query_row("SELECT COALESCE(MAX(line_end), 0) FROM log_chunks", [], |r| r.get(0))?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO log_chunks (function, invocation_id, first_ts_us, last_ts_us, lines, line_end, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
             let mut start = 0;
             while start < rows.len() {
                 let (_, _, function, invocation, _, _) = &rows[start];
@@ -136,17 +132,7 @@ fn move_line_rows_into_chunks(conn: &mut Connection) -> Result<(), StoreError> {
                     })
                     .collect();
                 line_end += lines.len() as i64;
-                let first = lines.first().map_or(0, |l| l.ts_us);
-                let last_ts = lines.iter().map(|l| l.ts_us).max().unwrap_or(first);
-                insert.execute(params![
-                    function,
-                    invocation,
-                    first as i64,
-                    last_ts as i64,
-                    lines.len() as i64,
-                    line_end,
-                    chunk::encode(&lines)
-                ])?;
+                chunk::insert(&tx, (function, invocation), &lines, line_end)?;
                 start = end;
             }
         }

@@ -222,27 +222,12 @@ impl Writer {
         let mut stored_lines = 0u64;
         let tx = self.conn.transaction()?;
         {
-            let mut insert_chunk = tx.prepare_cached(
-                "INSERT INTO log_chunks (function, invocation_id, first_ts_us, last_ts_us, lines, line_end, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
             for group in groups {
                 for piece in group.lines.chunks(chunk::MAX_LINES) {
-                    let first = piece.first().map_or(0, |l| l.ts_us);
-                    let last = piece.iter().map(|l| l.ts_us).max().unwrap_or(first);
                     line_end += piece.len() as i64;
-                    insert_chunk.execute(params![
-                        group.function,
-                        group.invocation_id,
-                        first as i64,
-                        last as i64,
-                        piece.len() as i64,
-                        line_end,
-                        chunk::encode(piece),
-                    ])?;
+                    let seq = chunk::insert(&tx, (&group.function, &group.invocation_id), piece, line_end)?;
                     stored_lines += piece.len() as u64;
                     if publish {
-                        let seq = tx.last_insert_rowid();
                         events.extend(piece.iter().enumerate().map(|(index, line)| {
                             StoredEvent::Log(LogLine {
                                 seq: chunk::line_seq(seq, index),
