@@ -2,7 +2,7 @@
 //! percentiles the report quotes.
 
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
@@ -163,4 +163,35 @@ pub async fn call_ok(http: &Http, url: &str) -> Result<Called> {
         bail!("GET {url} answered {} ({})", called.status, called.timing);
     }
     Ok(called)
+}
+
+/// GETs of `url` sent at `per_second` for `seconds` (an open loop, as traffic from many clients
+/// arrives: each call leaves at its time, whether earlier ones have been answered or not, up to
+/// `MAX_IN_FLIGHT` at once). Reported like a `wrk` run; fails on any answer but 200.
+pub async fn paced(url: &str, per_second: f64, seconds: u32) -> Result<WrkRun> {
+    const MAX_IN_FLIGHT: usize = 256;
+    let http = crate::servers::http();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let total = (per_second * f64::from(seconds)) as u64;
+    let period = Duration::from_secs_f64(1.0 / per_second);
+    let began = tokio::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for index in 0..total {
+        tokio::time::sleep_until(began + period.mul_f64(index as f64)).await;
+        let slot = slots.clone().acquire_owned().await?;
+        let (http, url) = (http.clone(), url.to_string());
+        calls.spawn(async move {
+            let called = call_ok(&http, &url).await;
+            drop(slot);
+            called.map(|c| c.seconds)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total as usize);
+    while let Some(called) = calls.join_next().await {
+        latencies.push(called?? * 1e6);
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    let requests = latencies.len() as u64;
+    let spread = Percentiles::of(latencies);
+    Ok(WrkRun { rps: requests as f64 / elapsed, p50_us: spread.p50, p99_us: spread.p99, requests })
 }

@@ -77,6 +77,8 @@ enum Command {
         ready_instances: usize,
         #[arg(long)]
         workers: usize,
+        #[arg(long)]
+        log_max_lines: u64,
     },
 }
 
@@ -134,8 +136,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Floor { listen } => current_thread()?.block_on(floor(listen)),
-        Command::Gateway { listen, data, ready_instances, workers } => {
-            gateway(listen, data, ready_instances, workers)
+        Command::Gateway { listen, data, ready_instances, workers, log_max_lines } => {
+            gateway(listen, data, ready_instances, workers, log_max_lines)
         }
         Command::All(args) => multi_thread()?.block_on(run(args, &SECTIONS, DEFAULT_EXAMPLE)),
         Command::Wasm(args) => multi_thread()?.block_on(run(args, &["wasm"], DEFAULT_EXAMPLE)),
@@ -265,7 +267,13 @@ async fn floor(listen: SocketAddr) -> Result<()> {
 }
 
 /// The gateway, configured as `amphi serve` is by default but for the options measured.
-fn gateway(listen: SocketAddr, data: PathBuf, ready_instances: usize, workers: usize) -> Result<()> {
+fn gateway(
+    listen: SocketAddr,
+    data: PathBuf,
+    ready_instances: usize,
+    workers: usize,
+    log_max_lines: u64,
+) -> Result<()> {
     // Like `amphi serve`: the runtime that starts the server coordinates; the workers serve.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async move {
@@ -273,6 +281,7 @@ fn gateway(listen: SocketAddr, data: PathBuf, ready_instances: usize, workers: u
         config.token = Some(servers::TOKEN.into());
         config.wasm.ready.per_function = ready_instances;
         config.workers = workers;
+        config.logs.max_lines = log_max_lines;
         let server = amphi_gateway::Server::bind(config).await?;
         server.run(async { tokio::signal::ctrl_c().await.unwrap_or(()) }).await?;
         Ok(())

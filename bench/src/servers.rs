@@ -78,6 +78,7 @@ impl ChildServer {
         command.arg("gateway").arg(addr.to_string()).arg(data);
         command.args(["--ready-instances", &options.ready_instances.to_string()]);
         command.args(["--workers", &options.workers.to_string()]);
+        command.args(["--log-max-lines", &options.log_max_lines.to_string()]);
         Self::start(command, addr)
     }
 
@@ -89,6 +90,11 @@ impl ChildServer {
         // It reports every connection wrk closes mid-request; that is noise here.
         command.stderr(Stdio::null());
         Self::start(command, addr)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Its resident memory (VmRSS), in bytes.
@@ -118,11 +124,17 @@ pub struct GatewayOptions {
     pub ready_instances: usize,
     /// Serving threads (`amphi serve --workers`; 0 = one per CPU).
     pub workers: usize,
+    /// Log lines the store keeps (`amphi serve --log-max-lines`).
+    pub log_max_lines: u64,
 }
 
 impl Default for GatewayOptions {
     fn default() -> Self {
-        Self { ready_instances: amphi_wasm::ReadySettings::default().per_function, workers: 0 }
+        Self {
+            ready_instances: amphi_wasm::ReadySettings::default().per_function,
+            workers: 0,
+            log_max_lines: amphi_store::logs::LogStoreConfig::default().max_lines,
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! | `/echo` | the request body back, with the method and path+query in `x-echo-*` headers |
 //! | `/inspect` | the request as JSON: method, path with query, every header, body length |
 //! | `/env` | the environment the function was granted, as JSON |
-//! | `/log?lines=N` | N lines on stdout and one on stderr |
+//! | `/log?lines=N[&together=1]` | N lines on stdout (one write each, or all in one write) and one on stderr |
 //! | `/status/CODE` | an empty response with that status |
 //! | `/stream?chunks=N` | N chunks written one by one |
 //! | `/state` | a counter kept in a `static`: always 1, since every request gets a fresh instance |
@@ -88,8 +88,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             }
             "/log" => {
                 let lines = param("lines").unwrap_or(1);
-                for i in 0..lines {
-                    println!("line {i} to stdout");
+                if param("together") == Some(1) {
+                    // One write of every line, as a function that buffers its output does.
+                    let text: String = (0..lines).map(|i| format!("line {i} to stdout\n")).collect();
+                    let _ = std::io::stdout().write_all(text.as_bytes());
+                } else {
+                    for i in 0..lines {
+                        println!("line {i} to stdout");
+                    }
                 }
                 eprintln!("a line to stderr");
                 respond(response_out, 200, "text/plain", format!("logged {lines}\n").as_bytes())
