@@ -60,8 +60,23 @@ pub struct Call {
     /// Send this call this many times.
     #[serde(default = "one")]
     pub repeat: usize,
+    /// `sync` (`/fn`, the default) or `async` (`/async/fn`: the job is awaited, and `expect`
+    /// checks its result, the last attempt's record and the job).
+    #[serde(default)]
+    pub trigger: Trigger,
     /// What it must get back.
     pub expect: Expect,
+}
+
+/// How a call reaches the function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// `/fn/{function}…`: the response is the function's.
+    #[default]
+    Sync,
+    /// `/async/fn/{function}…`: 202 and a job; the job's result is the function's response.
+    Async,
 }
 
 /// What a call must get back. Text fields are templates: `{function}`, `{version}`, `{backend}`,
@@ -95,6 +110,10 @@ pub struct Expect {
     pub outcome: Option<String>,
     /// The invocation record's `status`.
     pub record_status: Option<u16>,
+    /// Async calls: the job's final state (`succeeded`, `failed`, `dead`).
+    pub job_state: Option<String>,
+    /// Async calls: how many attempts the job made.
+    pub attempts: Option<usize>,
     /// Lines the invocation's log must hold (attributed to this invocation, in any order).
     #[serde(default)]
     pub logs: Vec<String>,
@@ -147,7 +166,9 @@ impl Expect {
                     problem,
                     streamed_over_ms,
                     outcome,
-                    record_status
+                    record_status,
+                    job_state,
+                    attempts
                 );
                 merged.headers.extend(o.headers.clone());
                 if !o.headers_present.is_empty() {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::SuiteError;
 use crate::binding::{Binding, Source};
-use crate::case::{Call, Case, Expect};
+use crate::case::{Call, Case, Expect, Trigger};
 
 /// How long to wait for an invocation's record and log lines to be written (they go through the
 /// log store's writer in batches).
@@ -241,7 +241,12 @@ impl Runner {
     ) -> Vec<String> {
         let name =
             if call.unknown_function { format!("{}-unknown", function.name) } else { function.name.clone() };
-        let url = format!("{}/fn/{name}{}", self.target.url, call.path.replace("{i}", &repeat.to_string()));
+        let prefix = match call.trigger {
+            Trigger::Sync => "fn",
+            Trigger::Async => "async/fn",
+        };
+        let path = call.path.replace("{i}", &repeat.to_string());
+        let url = format!("{}/{prefix}/{name}{path}", self.target.url);
         let Ok(method) = reqwest::Method::from_bytes(call.method.as_bytes()) else {
             return vec![format!("`{}` is not a method", call.method)];
         };
@@ -250,26 +255,37 @@ impl Runner {
         for (header, value) in &call.headers {
             request = request.header(header, value);
         }
-        let mut response = match request.body(sent.clone()).send().await {
+        let response = match request.body(sent.clone()).send().await {
             Ok(response) => response,
             Err(e) => return vec![format!("no response: {e}")],
         };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let (mut body, mut first_chunk, mut last_chunk) = (Vec::new(), None, None);
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let now = Instant::now();
-                    first_chunk.get_or_insert(now);
-                    last_chunk = Some(now);
-                    body.extend_from_slice(&chunk);
+        let mut job = None;
+        let Answer { status, headers, body, first_chunk, last_chunk } =
+            if call.trigger == Trigger::Async && response.status() == reqwest::StatusCode::ACCEPTED {
+                let id = header_text(response.headers(), "amphi-invocation-id");
+                match self.job_result(&id).await {
+                    Ok((found, answer)) => {
+                        job = Some(found);
+                        answer
+                    }
+                    Err(why) => return vec![format!("job {id}: {why}")],
                 }
-                Ok(None) => break,
-                Err(e) => return vec![format!("the body broke off after {} bytes: {e}", body.len())],
-            }
-        }
-        let invocation_id = header_text(&headers, "amphi-invocation-id");
+            } else {
+                match read_answer(response).await {
+                    Ok(answer) => answer,
+                    Err(why) => return vec![why],
+                }
+            };
+        // An async call's record is its last attempt's.
+        let invocation_id = match &job {
+            Some(job) => job["attempts"]
+                .as_array()
+                .and_then(|a| a.last())
+                .and_then(|a| a["invocation_id"].as_str())
+                .unwrap_or("")
+                .to_string(),
+            None => header_text(&headers, "amphi-invocation-id"),
+        };
         let vars = Vars {
             function: &name,
             version: function.version,
@@ -279,6 +295,7 @@ impl Runner {
         };
         let expect = call.expect.for_tags(&binding.tags());
         let mut failures = check_response(&expect, &vars, status, &headers, &body, &sent);
+        failures.extend(check_job(&expect, job.as_ref(), call.trigger));
         if let Some(over) = expect.streamed_over_ms.filter(|ms| *ms > 0) {
             let spread = match (first_chunk, last_chunk) {
                 (Some(first), Some(last)) => last - first,
@@ -292,6 +309,33 @@ impl Runner {
             failures.extend(self.check_record(&expect, &vars).await);
         }
         failures
+    }
+
+    /// Waits for job `id` to end; returns the job and its result as the function gave it.
+    async fn job_result(&self, id: &str) -> Result<(Value, Answer), String> {
+        let started = Instant::now();
+        let job = loop {
+            let answer = self.admin(reqwest::Method::GET, &format!("/v1/jobs/{id}")).send().await;
+            let job: Value = match answer {
+                Ok(answer) => answer.json().await.unwrap_or(Value::Null),
+                Err(e) => return Err(format!("cannot read the job: {e}")),
+            };
+            if ["succeeded", "failed", "dead", "canceled"].contains(&job["state"].as_str().unwrap_or("")) {
+                break job;
+            }
+            if started.elapsed() > CALL_TIMEOUT {
+                return Err(format!("not ended within {CALL_TIMEOUT:?}: {job}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let result = self.admin(reqwest::Method::GET, &format!("/v1/jobs/{id}/result?raw=1")).send();
+        let result = result.await.map_err(|e| format!("cannot read the result: {e}"))?;
+        if !result.status().is_success() {
+            return Err(format!("no result: {}", result.status()));
+        }
+        let mut answer = read_answer(result).await?;
+        answer.status = header_text(&answer.headers, "amphi-status").parse().unwrap_or(0);
+        Ok((job, answer))
     }
 
     async fn check_record(&self, expect: &Expect, vars: &Vars<'_>) -> Vec<String> {
@@ -351,6 +395,56 @@ impl Runner {
         }
         failures
     }
+}
+
+/// A response read whole, with when its first and last pieces came.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    first_chunk: Option<Instant>,
+    last_chunk: Option<Instant>,
+}
+
+async fn read_answer(mut response: reqwest::Response) -> Result<Answer, String> {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let (mut body, mut first_chunk, mut last_chunk) = (Vec::new(), None, None);
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let now = Instant::now();
+                first_chunk.get_or_insert(now);
+                last_chunk = Some(now);
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("the body broke off after {} bytes: {e}", body.len())),
+        }
+    }
+    Ok(Answer { status, headers, body, first_chunk, last_chunk })
+}
+
+fn check_job(expect: &Expect, job: Option<&Value>, trigger: Trigger) -> Vec<String> {
+    let mut failures = Vec::new();
+    let Some(job) = job else {
+        if trigger == Trigger::Async && (expect.job_state.is_some() || expect.attempts.is_some()) {
+            failures.push("no job was made (the call was not accepted)".to_string());
+        }
+        return failures;
+    };
+    if let Some(state) = &expect.job_state
+        && job["state"] != state.as_str()
+    {
+        failures.push(format!("job state: expected {state}, got {}", job["state"]));
+    }
+    let attempts = job["attempts"].as_array().map_or(0, Vec::len);
+    if let Some(expected) = expect.attempts
+        && attempts != expected
+    {
+        failures.push(format!("job attempts: expected {expected}, got {attempts}"));
+    }
+    failures
 }
 
 fn check_response(

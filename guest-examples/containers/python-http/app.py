@@ -7,6 +7,7 @@ Routes (by first path segment):
   /sleep?ms   waits, then answers
   /alloc?mb   allocates and touches that many MiB (to hit a memory limit)
   /crash      exits the process with code 3
+  /status/N   an answer with status N
   /env        the environment variable GREETING
   /sandbox    what the process may do: network interfaces, writable paths, capabilities
 """
@@ -51,6 +52,10 @@ class Handler(BaseHTTPRequestHandler):
                 print(f"line {i}")
             print("to stderr", file=sys.stderr, flush=True)
             self.answer(200, {"logged": lines})
+        elif segment == "status":
+            code = int(url.path.strip("/").split("/")[1])
+            print(f"answering {code}")
+            self.answer(code, {"status": code})
         elif segment == "sleep":
             time.sleep(int(query.get("ms", "100")) / 1000)
             self.answer(200, {"slept_ms": int(query.get("ms", "100"))})

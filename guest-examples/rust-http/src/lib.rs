@@ -10,7 +10,7 @@
 //! | `/inspect` | the request as JSON: method, path with query, every header, body length |
 //! | `/env` | the environment the function was granted, as JSON |
 //! | `/log?lines=N[&together=1]` | N lines on stdout (one write each, or all in one write) and one on stderr |
-//! | `/status/CODE` | an empty response with that status |
+//! | `/status/CODE[?retry-after=N]` | an empty response with that status (and `retry-after: N`) |
 //! | `/stream?chunks=N` | N chunks written one by one |
 //! | `/state` | a counter kept in a `static`: always 1, since every request gets a fresh instance |
 //! | `/sleep?ms=N` | waits N ms, then answers with the env var `VERSION_TAG` |
@@ -143,7 +143,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 respond(response_out, 200, "text/plain", format!("touched {touched} pages\n").as_bytes())
             }
             _ => match path.strip_prefix("/status/").and_then(|code| code.parse().ok()) {
-                Some(code) => respond(response_out, code, "text/plain", b""),
+                Some(code) => match param("retry-after") {
+                    Some(seconds) => {
+                        let headers = [("retry-after", seconds.to_string().into_bytes())];
+                        respond_with(response_out, code, &headers, b"")
+                    }
+                    None => respond(response_out, code, "text/plain", b""),
+                },
                 None => respond(response_out, 404, "text/plain", b"no such route\n"),
             },
         }

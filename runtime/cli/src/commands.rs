@@ -24,6 +24,7 @@ macro_rules! out {
         }
     }};
 }
+pub(crate) use out;
 
 #[derive(Args)]
 pub struct JsonFlag {
@@ -72,9 +73,29 @@ pub struct DeployArgs {
     /// A host the function may send HTTP requests to (repeatable).
     #[arg(long = "allow-host", value_name = "HOST")]
     allow_hosts: Vec<String>,
+    /// Attempts an async job of this function gets in all (default 3).
+    #[arg(long)]
+    retry_attempts: Option<u32>,
+    /// The backoff between a job's attempts, `FIRST..MAX` (default 1s..60s; exponential, full
+    /// jitter).
+    #[arg(long, value_name = "FIRST..MAX", value_parser = parse_backoff)]
+    retry_backoff: Option<(Duration, Duration)>,
+    /// Which failures of a job are retried, comma-separated: 5xx, timeout, platform, 429.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    retry_on: Option<Vec<String>>,
+    /// Most async jobs of this function running at once (default: half of --concurrency).
+    #[arg(long)]
+    async_concurrency: Option<u32>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `1s..60s`: the first and the largest backoff.
+fn parse_backoff(text: &str) -> Result<(Duration, Duration), String> {
+    let (first, max) =
+        text.split_once("..").ok_or_else(|| format!("`{text}` is not FIRST..MAX, such as 1s..60s"))?;
+    Ok((parse_duration(first)?, parse_duration(max)?))
 }
 
 /// Settings of container functions (ignored for wasm).
@@ -201,6 +222,23 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
     if !args.allow_hosts.is_empty() {
         config.insert("allowed_outbound_hosts".into(), json!(args.allow_hosts));
     }
+    if let Some(cap) = args.async_concurrency {
+        config.insert("async_concurrency".into(), json!(cap));
+    }
+    let mut retry = serde_json::Map::new();
+    if let Some(attempts) = args.retry_attempts {
+        retry.insert("attempts".into(), json!(attempts));
+    }
+    if let Some((first, max)) = args.retry_backoff {
+        retry.insert("backoff_initial_ms".into(), json!(first.as_millis() as u64));
+        retry.insert("backoff_max_ms".into(), json!(max.as_millis() as u64));
+    }
+    if let Some(on) = &args.retry_on {
+        retry.insert("on".into(), json!(on));
+    }
+    if !retry.is_empty() {
+        config.insert("retry".into(), Value::Object(retry));
+    }
 
     let artifact = match (&args.image, &args.source) {
         (Some(image), _) => {
@@ -321,6 +359,18 @@ pub struct InvokeArgs {
     /// Print the status line and the response headers first (to stderr).
     #[arg(long, short = 'i')]
     include: bool,
+    /// Queue the call as a job (`/async/fn/NAME`) and print its id instead of waiting for it.
+    #[arg(long = "async")]
+    queue: bool,
+    /// With --async: run it no earlier than this from now (30s, 5m).
+    #[arg(long, requires = "queue")]
+    delay: Option<String>,
+    /// With --async: the job's idempotency key (the same key within 24h returns the first job).
+    #[arg(long, requires = "queue")]
+    idempotency_key: Option<String>,
+    /// With --async: POST the result to this URL when the job ends (the server must allow its host).
+    #[arg(long, requires = "queue")]
+    callback: Option<String>,
 }
 
 pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<ExitCode> {
@@ -338,7 +388,7 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<ExitCode> {
         None if args.data.is_some() => Method::POST,
         None => Method::GET,
     };
-    let headers = args
+    let mut headers = args
         .headers
         .iter()
         .map(|h| {
@@ -348,6 +398,24 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<ExitCode> {
         })
         .collect::<Result<Vec<_>>>()?;
     let path = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
+    if args.queue {
+        for (name, value) in [
+            ("amphi-delay", &args.delay),
+            ("idempotency-key", &args.idempotency_key),
+            ("amphi-callback-url", &args.callback),
+        ] {
+            if let Some(value) = value {
+                headers.push((name.to_string(), value.clone()));
+            }
+        }
+        let reply = client.invoke(method, &format!("/async/fn/{}{path}", args.name), &headers, body).await?;
+        if !reply.status.is_success() {
+            bail!("{}", describe_failure(&reply));
+        }
+        let id = reply.headers.get(amphi_contract::headers::INVOCATION_ID).and_then(|v| v.to_str().ok());
+        out!("{}", id.context("the server's answer names no job")?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let reply = client.invoke(method, &format!("/fn/{}{path}", args.name), &headers, body).await?;
     if args.include {
         eprintln!("{:?} {}", http::Version::HTTP_11, reply.status);
@@ -612,7 +680,7 @@ fn record_line(record: &Value) -> String {
     )
 }
 
-fn timestamp(us: Option<u64>) -> String {
+pub(crate) fn timestamp(us: Option<u64>) -> String {
     let time = UNIX_EPOCH + Duration::from_micros(us.unwrap_or(0));
     humantime::format_rfc3339_millis(time).to_string()
 }
@@ -626,7 +694,7 @@ fn short(text: &str, len: usize) -> &str {
     text.get(..len).unwrap_or(text)
 }
 
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),

@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod crate_build;
+mod jobs;
 mod serve;
 mod top;
 
@@ -44,8 +45,16 @@ enum Command {
     /// Make a new version of NAME from a .wasm file, a directory with a Dockerfile (built into a
     /// container image, with progress), or an --image already on the Docker engine.
     Deploy(commands::DeployArgs),
-    /// Call a function through its HTTP trigger and print the response body.
+    /// Call a function through its HTTP trigger and print the response body (with --async: queue
+    /// the call as a job and print its id).
     Invoke(commands::InvokeArgs),
+    /// Show an async job: state, attempts, status; --wait for its result, --retry, --cancel.
+    Job(jobs::JobArgs),
+    /// List async jobs, newest first.
+    Jobs(jobs::JobsArgs),
+    /// Cron schedules that queue a job of a function at each tick.
+    #[command(subcommand)]
+    Schedule(jobs::ScheduleCommand),
     /// Show a function's log lines (and, with --follow, its invocation records as they happen).
     Logs(commands::LogsArgs),
     /// List a function's recent invocations.
@@ -84,6 +93,9 @@ fn main() -> ExitCode {
                 match command {
                     Command::Deploy(args) => commands::deploy(&client, args).await,
                     Command::Invoke(args) => commands::invoke(&client, args).await,
+                    Command::Job(args) => jobs::job(&client, args).await,
+                    Command::Jobs(args) => jobs::jobs(&client, args).await,
+                    Command::Schedule(command) => jobs::schedule(&client, command).await,
                     Command::Logs(args) => commands::logs(&client, args).await,
                     Command::Invocations(args) => commands::invocations(&client, args).await,
                     Command::Ls(args) => commands::list(&client, args).await,

@@ -93,6 +93,19 @@ pub struct ServeArgs {
     /// Memory one upload may take to compile; past it the upload is refused (422).
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     compile_memory: u64,
+    /// Most async jobs queued or running at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 1_000_000)]
+    queue_max: u64,
+    /// Most bytes of a job's response body kept as its result; the rest is cut and marked.
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+    async_result_max: u64,
+    /// Remove finished jobs and their results after this long.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    job_retention: Duration,
+    /// A host (`host` or `host:port`) a job's callback may be sent to (repeatable; none by
+    /// default, so callers cannot make the server reach addresses of their choosing).
+    #[arg(long = "callback-allow-host", value_name = "HOST")]
+    callback_allow_hosts: Vec<String>,
     /// Threads serving connections, each on its own listener (0: one per CPU).
     #[arg(long, env = "AMPHI_WORKERS", default_value_t = 0)]
     workers: usize,
@@ -116,6 +129,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     config.logs.max_bytes = args.log_max_size;
     config.logs.queued_line_bytes = usize::try_from(args.log_queue_size).unwrap_or(usize::MAX);
     config.metrics_public = args.metrics_public;
+    config.queue_max = args.queue_max;
+    config.async_result_max = usize::try_from(args.async_result_max).unwrap_or(usize::MAX);
+    config.job_retention = args.job_retention;
+    config.callback_allow_hosts = args.callback_allow_hosts;
     config.drain_timeout = args.drain_timeout;
     config.header_read_timeout = args.header_read_timeout;
     config.body_timeout = args.body_timeout;

@@ -69,6 +69,94 @@ pub struct FunctionConfig {
     pub allowed_outbound_hosts: Vec<String>,
     /// How a container function's instances are run and pooled (ignored by wasm functions).
     pub container: ContainerConfig,
+    /// Most async calls (jobs) of this function running at once; they count against
+    /// `concurrency` too. Unset: half of `concurrency` (at least 1), so a backlog never takes
+    /// every slot from synchronous callers.
+    pub async_concurrency: Option<u32>,
+    /// How a job whose attempt failed is tried again.
+    pub retry: RetryConfig,
+}
+
+/// A kind of failed attempt a job may be retried on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RetryOn {
+    /// The function answered with a 5xx status, or failed (trap, crash, bad response).
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// The call ran past the function's timeout.
+    #[serde(rename = "timeout")]
+    Timeout,
+    /// The platform could not run the call (backend unavailable, instance failed to start).
+    #[serde(rename = "platform")]
+    Platform,
+    /// The function answered 429 Too Many Requests.
+    #[serde(rename = "429")]
+    TooManyRequests,
+}
+
+/// The retry policy of a function's jobs: exponential backoff with full jitter (a delay drawn
+/// between 0 and `min(backoff_max, backoff_initial × 2^(n-1))` after the n-th failed attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first one included; when they are used up the job is `dead`.
+    pub attempts: u32,
+    /// The backoff's first ceiling, in milliseconds.
+    pub backoff_initial_ms: u64,
+    /// The backoff's largest ceiling, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Which failures are retried; any other failure ends the job `failed` at once.
+    pub on: Vec<RetryOn>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+            on: vec![RetryOn::ServerError, RetryOn::Timeout, RetryOn::Platform, RetryOn::TooManyRequests],
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Most attempts a policy may ask for.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// Longest backoff ceiling a policy may ask for.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
+    /// Checks the policy.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.attempts == 0 || self.attempts > Self::MAX_ATTEMPTS {
+            return Err(InvalidConfig(format!(
+                "retry.attempts must be 1 to {}, got {}",
+                Self::MAX_ATTEMPTS,
+                self.attempts
+            )));
+        }
+        if self.backoff_initial_ms > self.backoff_max_ms {
+            return Err(InvalidConfig(format!(
+                "retry.backoff_initial_ms ({}) is more than retry.backoff_max_ms ({})",
+                self.backoff_initial_ms, self.backoff_max_ms
+            )));
+        }
+        if Duration::from_millis(self.backoff_max_ms) > Self::MAX_BACKOFF {
+            return Err(InvalidConfig(format!(
+                "retry.backoff_max_ms must be at most {} (a day)",
+                Self::MAX_BACKOFF.as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ceiling of the delay after failed attempt `attempt` (1-based): the delay is drawn
+    /// uniformly between 0 and this (full jitter).
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(62);
+        let ceiling = self.backoff_initial_ms.saturating_mul(1u64 << doublings);
+        Duration::from_millis(ceiling.min(self.backoff_max_ms))
+    }
 }
 
 /// How a container function speaks the contract inside its container.
@@ -231,6 +319,8 @@ impl Default for FunctionConfig {
             queue_timeout_ms: 10_000,
             allowed_outbound_hosts: Vec::new(),
             container: ContainerConfig::default(),
+            async_concurrency: None,
+            retry: RetryConfig::default(),
         }
     }
 }
@@ -247,6 +337,11 @@ impl FunctionConfig {
     /// How long a call may wait for a concurrency slot.
     pub fn queue_timeout(&self) -> Duration {
         Duration::from_millis(self.queue_timeout_ms)
+    }
+
+    /// Most jobs of this function running at once (see [`FunctionConfig::async_concurrency`]).
+    pub fn async_concurrency(&self) -> u32 {
+        self.async_concurrency.unwrap_or(self.concurrency / 2).clamp(1, self.concurrency.max(1))
     }
 
     /// This config with `patch` (a JSON merge patch, RFC 7396) applied: fields the patch does not
@@ -291,6 +386,15 @@ impl FunctionConfig {
         if let Some(value) = self.env.values().find(|v| v.contains('\0')) {
             return Err(InvalidConfig(format!("environment value `{value}` contains a NUL byte")));
         }
+        if let Some(cap) = self.async_concurrency
+            && (cap == 0 || cap > self.concurrency)
+        {
+            return Err(InvalidConfig(format!(
+                "async_concurrency must be 1 to concurrency ({}), got {cap}",
+                self.concurrency
+            )));
+        }
+        self.retry.validate()?;
         self.container.validate()
     }
 }
@@ -352,5 +456,24 @@ mod tests {
         let bad_env =
             FunctionConfig { env: [("A=B".to_string(), "x".to_string())].into(), ..Default::default() };
         assert!(bad_env.validate().is_err());
+    }
+
+    #[test]
+    fn retry_policy_and_async_share() {
+        let config: FunctionConfig =
+            serde_json::from_str(r#"{"retry":{"attempts":5,"on":["5xx","429"]},"concurrency":9}"#)
+                .expect("parses");
+        assert_eq!(config.retry.attempts, 5);
+        assert_eq!(config.retry.on, vec![RetryOn::ServerError, RetryOn::TooManyRequests]);
+        assert_eq!(config.async_concurrency(), 4, "half of concurrency");
+        assert_eq!(FunctionConfig { concurrency: 1, ..Default::default() }.async_concurrency(), 1);
+        let retry = RetryConfig::default();
+        assert_eq!(retry.backoff_ceiling(1), Duration::from_secs(1));
+        assert_eq!(retry.backoff_ceiling(3), Duration::from_secs(4));
+        assert_eq!(retry.backoff_ceiling(40), Duration::from_secs(60));
+        assert!(serde_json::from_str::<FunctionConfig>(r#"{"retry":{"on":["4xx"]}}"#).is_err());
+        let inverted = RetryConfig { backoff_initial_ms: 10, backoff_max_ms: 5, ..Default::default() };
+        assert!(inverted.validate().is_err());
+        assert!(FunctionConfig { async_concurrency: Some(0), ..Default::default() }.validate().is_err());
     }
 }

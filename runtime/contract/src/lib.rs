@@ -28,9 +28,9 @@ pub use backend::{
 };
 pub use call::{Call, Completer, Completion, Ending, StartFacts};
 pub use capture::{CaptureCounts, LogCapture, TelemetrySink, now_unix_us};
-pub use function::{ArtifactKind, FunctionConfig, FunctionVersion, InvalidConfig};
+pub use function::{ArtifactKind, FunctionConfig, FunctionVersion, InvalidConfig, RetryConfig, RetryOn};
 pub use problem::{Problem, ProblemKind};
-pub use record::{BackendKind, InvocationRecord, LogLine, LogStream, Outcome, StartKind};
+pub use record::{BackendKind, InvocationRecord, JobRef, LogLine, LogStream, Outcome, StartKind};
 
 /// The version of the contract this crate implements (`amphi-contract: 1` in CONTRACT.md).
 pub const CONTRACT_VERSION: u32 = 1;

@@ -26,6 +26,8 @@ pub enum ProblemKind {
     HeadersTooLarge,
     /// An upload is not acceptable: invalid wasm, unsupported kind, bad config.
     UnprocessableEntity,
+    /// The resource is not in a state that allows the request (cancel a running job).
+    Conflict,
     /// The function is at its concurrency limit.
     OverCapacity,
     /// The platform failed (a bug or an I/O error of the host).
@@ -36,6 +38,8 @@ pub enum ProblemKind {
     BackendUnavailable,
     /// The function did not finish within its timeout.
     DeadlineExceeded,
+    /// The job queue holds `--queue-max` unfinished jobs; try again later (`Retry-After`).
+    QueueFull,
 }
 
 impl ProblemKind {
@@ -51,11 +55,13 @@ impl ProblemKind {
             Self::UriTooLong => 414,
             Self::HeadersTooLarge => 431,
             Self::UnprocessableEntity => 422,
+            Self::Conflict => 409,
             Self::OverCapacity => 429,
             Self::Internal => 500,
             Self::FunctionFailed => 502,
             Self::BackendUnavailable => 503,
             Self::DeadlineExceeded => 504,
+            Self::QueueFull => 503,
         }
     }
 
@@ -71,11 +77,13 @@ impl ProblemKind {
             Self::UriTooLong => "uri-too-long",
             Self::HeadersTooLarge => "headers-too-large",
             Self::UnprocessableEntity => "unprocessable-entity",
+            Self::Conflict => "conflict",
             Self::OverCapacity => "over-capacity",
             Self::Internal => "internal",
             Self::FunctionFailed => "function-failed",
             Self::BackendUnavailable => "backend-unavailable",
             Self::DeadlineExceeded => "deadline-exceeded",
+            Self::QueueFull => "queue-full",
         }
     }
 
@@ -91,11 +99,13 @@ impl ProblemKind {
             Self::UriTooLong => "Request target too long",
             Self::HeadersTooLarge => "Request header fields too large",
             Self::UnprocessableEntity => "Upload or config not acceptable",
+            Self::Conflict => "Not possible in the current state",
             Self::OverCapacity => "Function over capacity",
             Self::Internal => "Internal platform error",
             Self::FunctionFailed => "Function failed",
             Self::BackendUnavailable => "Backend unavailable",
             Self::DeadlineExceeded => "Function timed out",
+            Self::QueueFull => "Job queue full",
         }
     }
 }

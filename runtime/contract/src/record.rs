@@ -94,8 +94,11 @@ pub struct InvocationRecord {
     pub version: u64,
     /// Which backend served it.
     pub backend: BackendKind,
-    /// What triggered it: `http`.
+    /// What triggered it: `http`, or `async` for an attempt of a job.
     pub trigger: String,
+    /// For an attempt of a job (`trigger: async`): the job, the attempt and the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRef>,
     /// The request method.
     pub method: String,
     /// The path the function saw, with the query.
@@ -124,6 +127,18 @@ pub struct InvocationRecord {
     /// then ends with a `platform` line saying how many.
     #[serde(default)]
     pub log_lines_dropped: u64,
+}
+
+/// The job an async call was an attempt of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRef {
+    /// The job id (the `amphi-invocation-id` of the 202 that accepted it).
+    pub id: String,
+    /// The attempt's number, 1 for the first.
+    pub attempt: u32,
+    /// The schedule that made the job, if a schedule did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// Which stream a log line came from.

@@ -13,6 +13,7 @@
 //! | `GET /v1/invocations` | invocation records: `function`, `since`, `after`, `limit` |
 //! | `GET /v1/invocations/{id}` | one record with its log lines |
 //! | `GET /v1/stats` | calls in flight, counters of the backends and the log store |
+//! | `/v1/jobs…`, `/v1/schedules…` | async jobs and schedules: see [`crate::jobs::api`] |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,6 +125,12 @@ async fn route(
         (&Method::GET, ["invocations"]) => invocations(platform, &query).await,
         (&Method::GET, ["invocations", id]) => invocation(platform, id).await,
         (&Method::GET, ["stats"]) => Ok(stats(platform)),
+        (_, ["jobs", ..] | ["schedules", ..]) => {
+            match crate::jobs::api::route(platform, request, &segments, &query).await {
+                Some(answer) => answer,
+                None => Err(Problem::new(ProblemKind::NotFound, format!("no admin route /v1{path}"))),
+            }
+        }
         (
             _,
             ["artifacts"]
@@ -152,7 +159,9 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Pr
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, Problem> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, Problem> {
     let body = read_body(request, MAX_JSON_BODY).await?;
     serde_json::from_slice(&body)
         .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("invalid JSON: {e}")))
@@ -302,6 +311,7 @@ fn stats(platform: &Platform) -> Response<ResponseBody> {
         "in_flight": platform.in_flight(),
         "data_directory_bytes": platform.data_bytes(),
         "logs": platform.logs.stats(),
+        "jobs": platform.jobs.queue.counts(),
         "log_follower_catch_ups": platform.follower_catch_ups.load(std::sync::atomic::Ordering::Relaxed),
     });
     for (backend, stats) in platform.backend_stats() {
@@ -310,7 +320,7 @@ fn stats(platform: &Platform) -> Response<ResponseBody> {
     json(StatusCode::OK, &body)
 }
 
-fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Problem> {
+pub(crate) fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Problem> {
     match query.get("limit") {
         None => Ok(DEFAULT_LIMIT),
         Some(text) => match text.parse::<usize>() {

@@ -42,6 +42,14 @@ pub struct ServeConfig {
     pub gc_grace: Duration,
     /// Whether `GET /metrics` answers without the admin token.
     pub metrics_public: bool,
+    /// Most jobs queued or running at once; more get 503 with `Retry-After`.
+    pub queue_max: u64,
+    /// Most bytes of a job's response body kept as its result; the rest is cut and marked.
+    pub async_result_max: usize,
+    /// How long finished jobs and their results are kept.
+    pub job_retention: Duration,
+    /// Hosts (`host` or `host:port`) a job's callback may be sent to; none by default.
+    pub callback_allow_hosts: Vec<String>,
     /// Threads that accept and serve connections, each with its own listener on the same port;
     /// 0 means one per CPU.
     pub workers: usize,
@@ -66,6 +74,10 @@ impl ServeConfig {
             wasm: WasmSettings::default(),
             workers: 0,
             metrics_public: false,
+            queue_max: 1_000_000,
+            async_result_max: 1 << 20,
+            job_retention: Duration::from_secs(7 * 24 * 3600),
+            callback_allow_hosts: Vec::new(),
             gc_every: Duration::from_secs(600),
             gc_grace: Duration::from_secs(3600),
         }

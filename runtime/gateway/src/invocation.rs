@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use amphi_contract::record::{BackendKind, InvocationRecord, Outcome, StartKind};
+use amphi_contract::record::{BackendKind, InvocationRecord, JobRef, Outcome, StartKind};
 use amphi_contract::{
     BackendError, BoxError, Call, Completion, Ending, FunctionVersion, LogCapture, ResponseBody, StartFacts,
     TelemetrySink, now_unix_us,
@@ -34,10 +34,30 @@ use crate::metrics::Metrics;
 /// Status recorded for a call whose caller went away, or that the server stopped (nginx's 499).
 const ABANDONED: u16 = 499;
 
+/// Where a call comes from, as its record tells.
+pub struct Origin {
+    /// The invocation id.
+    pub id: Arc<str>,
+    /// The job, for an attempt of one (`trigger: async`); `None` for an HTTP call.
+    pub job: Option<JobRef>,
+    /// The request's method.
+    pub method: String,
+    /// The path the function sees, with the query (as records keep it).
+    pub path: String,
+}
+
+impl Origin {
+    /// An HTTP call arriving now, under a new invocation id.
+    pub fn http(method: String, path: String) -> Self {
+        Self { id: uuid::Uuid::now_v7().to_string().into(), job: None, method, path }
+    }
+}
+
 /// One call's record in the making.
 pub struct Invocation {
     call: Call,
     backend: BackendKind,
+    job: Option<JobRef>,
     method: String,
     path: String,
     admitted: Instant,
@@ -49,23 +69,24 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// A call of `function` on `backend` arriving now, its output captured up to
+    /// A call from `origin` of `function` on `backend` arriving now, its output captured up to
     /// `log_limit_bytes`; its record goes to `sink` and is counted in `metrics`.
     pub fn new(
+        origin: Origin,
         function: Arc<FunctionVersion>,
         backend: BackendKind,
-        (method, path): (String, String),
         sink: Arc<dyn TelemetrySink>,
         metrics: Arc<Metrics>,
         log_limit_bytes: usize,
     ) -> Self {
-        let id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        let Origin { id, job, method, path } = origin;
         let log = LogCapture::new(sink.clone(), function.name.clone(), id.to_string(), log_limit_bytes);
         let admitted = Instant::now();
         let call = Call::new(id, function, admitted, log);
         let mut invocation = Self {
             call,
             backend,
+            job,
             method,
             path,
             admitted,
@@ -90,6 +111,11 @@ impl Invocation {
     /// The invocation id.
     pub fn id(&self) -> &str {
         &self.call.id
+    }
+
+    /// The backend that runs it.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
     }
 
     /// The function version called.
@@ -145,7 +171,8 @@ impl Invocation {
             function: self.call.function.name.clone(),
             version: self.call.function.version,
             backend: self.backend,
-            trigger: "http".into(),
+            trigger: if self.job.is_some() { "async" } else { "http" }.into(),
+            job: self.job.take(),
             method: std::mem::take(&mut self.method),
             path: std::mem::take(&mut self.path),
             start_us: self.start_us,
@@ -273,7 +300,8 @@ mod tests {
             created_at_ms: 0,
         });
         let metrics = Arc::default();
-        Invocation::new(function, BackendKind::Wasm, ("GET".into(), "/".into()), sink.clone(), metrics, 1024)
+        let origin = Origin::http("GET".into(), "/".into());
+        Invocation::new(origin, function, BackendKind::Wasm, sink.clone(), metrics, 1024)
     }
 
     fn body(text: &'static str) -> ResponseBody {

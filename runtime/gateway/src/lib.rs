@@ -7,6 +7,8 @@
 //! - [`invocation`]: a call's invocation record, written in this one place however the call ends;
 //! - [`admin`]: the `/v1` admin API (deploy, describe, delete, logs, invocations);
 //! - [`follow`]: live log streaming;
+//! - [`jobs`]: async invocations: `/async/fn`, the executors, retries, callbacks, schedules and
+//!   the `/v1/jobs` and `/v1/schedules` API, over the durable queue of `amphi-queue`;
 //! - [`platform`]: registry, artifacts, log store, backends and the live route table.
 
 pub mod admin;
@@ -14,6 +16,7 @@ pub mod capacity;
 pub mod config;
 pub mod follow;
 pub mod invocation;
+pub mod jobs;
 pub mod metrics;
 pub mod platform;
 pub mod respond;
@@ -42,6 +45,9 @@ pub enum GatewayError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The job queue could not be opened.
+    #[error(transparent)]
+    Queue(#[from] amphi_queue::QueueError),
     /// The container backend could not be set up.
     #[error(transparent)]
     Container(#[from] amphi_container::ContainerError),

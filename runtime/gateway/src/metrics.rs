@@ -3,8 +3,8 @@
 //!
 //! Calls are counted where their record is written (one per record, so the counter and the log
 //! store agree) and their phases observed when the response head goes out; everything that is a
-//! level rather than an event (calls in flight, instances by state, the log store's queue, the
-//! backends' own counters) is read from the platform at scrape time. The encoding is
+//! level rather than an event (calls in flight, instances by state, jobs by state, the log
+//! store's queue, the backends' own counters) is read from the platform at scrape time. The encoding is
 //! `prometheus-client`'s.
 
 use std::sync::atomic::Ordering;
@@ -49,6 +49,11 @@ struct PhaseLabels {
 struct FunctionLabels {
     function: String,
     backend: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,6 +157,17 @@ impl Metrics {
                 .set(calls as i64);
         }
         registry.register("calls_in_flight", "Calls admitted and not yet ended", in_flight);
+
+        let jobs = Family::<JobLabels, Gauge>::default();
+        let counts = platform.jobs.queue.counts();
+        for state in amphi_queue::JobState::ALL {
+            jobs.get_or_create(&JobLabels { state: state.as_str() }).set(counts.of(state) as i64);
+        }
+        registry.register(
+            "jobs",
+            "Async jobs in the queue by state (finished ones until --job-retention)",
+            jobs,
+        );
 
         let instances = Family::<InstanceLabels, Gauge>::default();
         for (function, views) in platform.instances_by_function() {

@@ -63,6 +63,8 @@ pub struct Platform {
     pub follower_catch_ups: std::sync::atomic::AtomicU64,
     /// Calls counted and timed, for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Async invocations: the job queue and its executors.
+    pub jobs: crate::jobs::Jobs,
 }
 
 /// Versions of a function whose artifacts garbage collection keeps: the current one and the
@@ -95,6 +97,8 @@ impl Platform {
         let artifacts = Arc::new(Artifacts::open(&data)?);
         let registry = Registry::open(&data)?;
         let logs = Arc::new(LogStore::open(&data, config.logs.clone())?);
+        let queue =
+            Arc::new(amphi_queue::embedded::EmbeddedQueue::open(&data, amphi_contract::now_unix_us())?);
         let wasm = Arc::new(WasmBackend::new(config.wasm.clone(), artifacts.clone())?);
         let container = ContainerBackend::new(data.path(), data.installation_id()?, logs.clone())?;
         let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone(), container.clone()];
@@ -112,6 +116,7 @@ impl Platform {
             data_bytes: std::sync::atomic::AtomicU64::new(0),
             follower_catch_ups: std::sync::atomic::AtomicU64::new(0),
             metrics: Arc::default(),
+            jobs: crate::jobs::Jobs::new(queue),
         };
         for function in platform.registry.all_current()? {
             platform.install_route(function)?;

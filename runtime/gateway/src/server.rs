@@ -30,7 +30,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::ServeConfig;
 use crate::platform::{Platform, TokenSource};
-use crate::{GatewayError, admin, respond, trigger};
+use crate::{GatewayError, admin, jobs, respond, trigger};
 
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: u32 = 1024;
@@ -80,6 +80,9 @@ impl Server {
             .map(|_| tokio::runtime::Builder::new_current_thread().enable_all().build())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| GatewayError::Startup { what: "the workers".into(), source })?;
+        // Attempts of async jobs run on the serving threads, in turn.
+        let handles = runtimes.iter().map(|runtime| runtime.handle().clone()).collect();
+        crate::jobs::Jobs::start(&platform, handles);
         let (stop, stopped) = watch::channel(false);
         let (finish, finished) = watch::channel(false);
         let mut workers = Vec::new();
@@ -108,6 +111,8 @@ impl Server {
         for (_, drained) in &mut workers {
             let _ = drained.await;
         }
+        // Attempts running now finish (their jobs would otherwise run again after a restart).
+        platform.jobs.drain(platform.config.drain_timeout).await;
         platform.shutdown_backends().await;
         finish.send_replace(true);
         let logs = platform.logs.clone();
@@ -215,6 +220,9 @@ async fn dispatch(
     if let Some((name, rest)) = trigger::split_trigger_path(&path) {
         return trigger::invoke(platform, request, name, rest, connection).await;
     }
+    if let Some((name, rest)) = jobs::accept::split_async_path(&path) {
+        return jobs::accept::accept(platform, request, name, rest).await;
+    }
     if let Some(admin_path) = path.strip_prefix("/v1").filter(|p| p.is_empty() || p.starts_with('/')) {
         return admin::handle(platform, request, admin_path).await;
     }
@@ -226,7 +234,10 @@ async fn dispatch(
     }
     respond::problem_of(
         ProblemKind::NotFound,
-        format!("no route {path}: functions are called at /fn/NAME, the admin API is at /v1"),
+        format!(
+            "no route {path}: functions are called at /fn/NAME (or queued at /async/fn/NAME), the admin API \
+             is at /v1"
+        ),
     )
 }
 

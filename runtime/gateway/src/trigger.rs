@@ -17,8 +17,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::invocation::Invocation;
-use crate::platform::Platform;
+use crate::invocation::{Invocation, Origin};
+use crate::platform::{Platform, Route};
 use crate::respond;
 
 /// Splits `/fn/{name}[/{rest}]` into the name and the path the function sees.
@@ -48,11 +48,7 @@ pub async fn invoke(
 ) -> Response<ResponseBody> {
     let received = Instant::now();
     let Some(route) = platform.route(name) else {
-        let mut response = respond::problem_of(ProblemKind::NotFound, format!("no function named `{name}`"));
-        if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()) {
-            response.headers_mut().insert(headers::INVOCATION_ID, id);
-        }
-        return response;
+        return no_such_function(name);
     };
     let backend = route.backend.kind();
     let (mut parts, body) = request.into_parts();
@@ -62,61 +58,130 @@ pub async fn invoke(
     };
     // Calls start no faster than the log store writes their records: none is ever dropped.
     platform.logs.room_for_record().await;
-    let mut invocation = Invocation::new(
+    let invocation = Invocation::new(
+        Origin::http(parts.method.to_string(), record_path(&path)),
         route.function.clone(),
         backend,
-        (parts.method.to_string(), record_path(&path)),
         platform.logs.clone(),
         platform.metrics.clone(),
         platform.config.log_bytes_per_invocation,
     );
-    let id = invocation.id().to_string();
-    let refuse = |invocation: Invocation, kind: ProblemKind, detail: String| {
-        let error = BackendError::new(kind, detail);
-        let facts = invocation.facts();
-        invocation.fail(&error);
-        failure_response(&id, backend.as_str(), &error, received.elapsed(), facts)
-    };
     if let Some(bad) = control_character(rest) {
         let detail = format!("the path holds a control character ({bad:?}) once percent-decoded");
-        return refuse(invocation, ProblemKind::BadRequest, detail);
+        return refuse(invocation, ProblemKind::BadRequest, detail, received);
     }
-
     let max_body = platform.config.max_body_bytes;
-    let declared =
-        parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > max_body) {
-        discard_in_background(body);
-        return refuse(invocation, ProblemKind::PayloadTooLarge, too_large(max_body));
+    let body = match read_bounded_body(&parts.headers, body, max_body, platform.config.body_timeout).await {
+        Ok(body) => body,
+        Err((kind, detail)) => return refuse(invocation, kind, detail, received),
+    };
+    parts.extensions.insert(connection);
+    let patience = route.function.config.queue_timeout();
+    let call = Dispatch { route, invocation, parts, body, path, patience, received };
+    dispatch(platform, call).await.response
+}
+
+/// The 404 of a call to a function that does not exist (with an invocation id, like every
+/// answer of `/fn`).
+pub fn no_such_function(name: &str) -> Response<ResponseBody> {
+    let mut response = respond::problem_of(ProblemKind::NotFound, format!("no function named `{name}`"));
+    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()) {
+        response.headers_mut().insert(headers::INVOCATION_ID, id);
     }
-    let body_timeout = platform.config.body_timeout;
-    let body = match tokio::time::timeout(body_timeout, read_body(body, max_body)).await {
-        Ok(BodyRead::Complete(bytes)) => bytes,
+    response
+}
+
+/// Ends `invocation` refused with `kind` before it reached its function.
+fn refuse(
+    invocation: Invocation,
+    kind: ProblemKind,
+    detail: String,
+    received: Instant,
+) -> Response<ResponseBody> {
+    let error = BackendError::new(kind, detail);
+    let facts = invocation.facts();
+    let (id, backend) = (invocation.id().to_string(), invocation.backend().as_str());
+    invocation.fail(&error);
+    failure_response(&id, backend, &error, received.elapsed(), facts)
+}
+
+/// Reads a call's body, bounded in size (`max`) and time; the error is the problem to answer.
+pub async fn read_bounded_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    max: u64,
+    timeout: Duration,
+) -> Result<Bytes, (ProblemKind, String)> {
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max) {
+        discard_in_background(body);
+        return Err((ProblemKind::PayloadTooLarge, too_large(max)));
+    }
+    match tokio::time::timeout(timeout, read_body(body, max)).await {
+        Ok(BodyRead::Complete(bytes)) => Ok(bytes),
         Ok(BodyRead::TooLarge(rest)) => {
             discard_in_background(rest);
-            return refuse(invocation, ProblemKind::PayloadTooLarge, too_large(max_body));
+            Err((ProblemKind::PayloadTooLarge, too_large(max)))
         }
         Ok(BodyRead::Failed(e)) => {
-            return refuse(invocation, ProblemKind::BadRequest, format!("cannot read the request body: {e}"));
+            Err((ProblemKind::BadRequest, format!("cannot read the request body: {e}")))
         }
-        Err(_) => {
-            let detail = format!(
+        Err(_) => Err((
+            ProblemKind::RequestTimeout,
+            format!(
                 "the request body did not arrive within {} (serve --body-timeout)",
-                humantime::format_duration(body_timeout)
-            );
-            return refuse(invocation, ProblemKind::RequestTimeout, detail);
-        }
-    };
+                humantime::format_duration(timeout)
+            ),
+        )),
+    }
+}
 
+/// A call whose request is complete, ready for admission and its backend.
+pub struct Dispatch {
+    /// Where it goes.
+    pub route: Route,
+    /// Its record in the making.
+    pub invocation: Invocation,
+    /// The request's head, as the caller sent it (`amphi-*` fields are removed here).
+    pub parts: http::request::Parts,
+    /// The request's body.
+    pub body: Bytes,
+    /// The path the function sees, with the query.
+    pub path: String,
+    /// Longest wait for one of the function's concurrency slots.
+    pub patience: Duration,
+    /// When the request arrived (for the queue time of a refusal).
+    pub received: Instant,
+}
+
+/// What a dispatched call answered.
+pub struct Dispatched {
+    /// The response to send on (its body writes the record when it ends).
+    pub response: Response<ResponseBody>,
+    /// Why the call failed without a response of the function, if it did.
+    pub failure: Option<ProblemKind>,
+}
+
+/// Admission (a slot within `patience`), the metadata headers, the backend, and the contract's
+/// response headers: the path every call takes, sync or async.
+pub async fn dispatch(platform: &Platform, call: Dispatch) -> Dispatched {
+    let Dispatch { route, mut invocation, mut parts, body, path, patience, received } = call;
+    let backend = route.backend.kind();
+    let name = route.function.name.as_str();
+    let id = invocation.id().to_string();
+    let failed = |response, kind| Dispatched { response, failure: Some(kind) };
     let waiting = Instant::now();
-    let queue_timeout = route.function.config.queue_timeout();
-    let Some(permit) = route.capacity.acquire(queue_timeout).await else {
+    let Some(permit) = route.capacity.acquire(patience).await else {
         let detail = format!(
             "function `{name}` is at its concurrency limit of {} (waited {} for a slot)",
             route.function.config.concurrency,
-            humantime::format_duration(queue_timeout)
+            humantime::format_duration(patience)
         );
-        return refuse(invocation, ProblemKind::OverCapacity, detail);
+        return failed(
+            refuse(invocation, ProblemKind::OverCapacity, detail, received),
+            ProblemKind::OverCapacity,
+        );
     };
     let queue = waiting.elapsed();
     invocation.admit();
@@ -130,9 +195,12 @@ pub async fn invoke(
     }
     parts.uri = match Uri::try_from(path) {
         Ok(uri) => uri,
-        Err(e) => return refuse(invocation, ProblemKind::BadRequest, format!("invalid path: {e}")),
+        Err(e) => {
+            let response =
+                refuse(invocation, ProblemKind::BadRequest, format!("invalid path: {e}"), received);
+            return failed(response, ProblemKind::BadRequest);
+        }
     };
-    parts.extensions.insert(connection);
     let request = Request::from_parts(parts, body);
 
     let dispatched = Instant::now();
@@ -152,13 +220,13 @@ pub async fn invoke(
                 (queue + facts.queued, (facts.start, init), exec),
             );
             let body = invocation.into_body(parts.status.as_u16(), body, completion, permit);
-            Response::from_parts(parts, body)
+            Dispatched { response: Response::from_parts(parts, body), failure: None }
         }
         Err(error) => {
             drop(permit);
             let facts = invocation.facts();
             invocation.fail(&error);
-            failure_response(&id, backend.as_str(), &error, queue, facts)
+            failed(failure_response(&id, backend.as_str(), &error, queue, facts), error.kind)
         }
     }
 }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use amphi_contract::TelemetrySink;
-use amphi_contract::record::{BackendKind, InvocationRecord, LogLine, Outcome, StartKind};
+use amphi_contract::record::{BackendKind, InvocationRecord, JobRef, LogLine, Outcome, StartKind};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 use serde::Serialize;
@@ -178,7 +178,7 @@ pub struct LogStore {
 const WAL_BYTES: u64 = 4 << 20;
 const RECORD_COLUMNS: &str = "seq, id, function, version, backend, trigger, method, path, start_us, duration_us, \
                               init_us, cold_start, outcome, status, error, log_lines, log_truncated, start, \
-                              log_lines_dropped";
+                              log_lines_dropped, job_id, attempt, schedule";
 
 impl LogStore {
     /// Opens (creating if needed) `logs.db` in the data directory and starts its writer thread.
@@ -421,6 +421,14 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
             log_truncated: row.get(16)?,
             start: StartKind::parse(&row.get::<_, String>(17)?).unwrap_or(StartKind::Warm),
             log_lines_dropped: row.get::<_, i64>(18)? as u64,
+            job: match row.get::<_, Option<String>>(19)? {
+                Some(id) => Some(JobRef {
+                    id,
+                    attempt: row.get::<_, Option<u32>>(20)?.unwrap_or(1),
+                    schedule: row.get(21)?,
+                }),
+                None => None,
+            },
         },
     })
 }
@@ -450,6 +458,7 @@ mod tests {
             version: 1,
             backend: BackendKind::Wasm,
             trigger: "http".into(),
+            job: None,
             method: "GET".into(),
             path: "/".into(),
             start_us: now_unix_us(),

@@ -38,7 +38,10 @@ CREATE TABLE IF NOT EXISTS invocations (
     log_lines INTEGER NOT NULL,
     log_truncated INTEGER NOT NULL,
     start TEXT NOT NULL DEFAULT 'warm',
-    log_lines_dropped INTEGER NOT NULL DEFAULT 0
+    log_lines_dropped INTEGER NOT NULL DEFAULT 0,
+    job_id TEXT,
+    attempt INTEGER,
+    schedule TEXT
 );
 CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function, seq);
 CREATE INDEX IF NOT EXISTS invocations_by_time ON invocations (start_us);
@@ -52,6 +55,9 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     conn.execute_batch(TABLES)?;
     add_column(conn, "invocations", "start", "TEXT NOT NULL DEFAULT 'warm'")?;
     add_column(conn, "invocations", "log_lines_dropped", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(conn, "invocations", "job_id", "TEXT")?;
+    add_column(conn, "invocations", "attempt", "INTEGER")?;
+    add_column(conn, "invocations", "schedule", "TEXT")?;
     move_line_rows_into_chunks(conn)
 }
 

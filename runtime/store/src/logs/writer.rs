@@ -244,8 +244,8 @@ impl Writer {
             let mut insert_record = tx.prepare_cached(
                 "INSERT OR REPLACE INTO invocations (id, function, version, backend, trigger, method, path, \
                  start_us, duration_us, init_us, cold_start, outcome, status, error, log_lines, log_truncated, \
-                 start, log_lines_dropped) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                 start, log_lines_dropped, job_id, attempt, schedule) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
             )?;
             for record in records {
                 // The store's own line about dropped lines counts among the call's lines.
@@ -269,6 +269,9 @@ impl Writer {
                     record.log_truncated,
                     record.start.as_str(),
                     record.log_lines_dropped as i64,
+                    record.job.as_ref().map(|job| job.id.as_str()),
+                    record.job.as_ref().map(|job| job.attempt),
+                    record.job.as_ref().and_then(|job| job.schedule.as_deref()),
                 ])?;
                 if publish {
                     let seq = tx.last_insert_rowid() as u64;
