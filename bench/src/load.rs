@@ -69,10 +69,17 @@ pub fn require_wrk() -> Result<()> {
 
 /// `wrk -t1 -cN -dS --latency URL`. Fails if any response was not 2xx or a socket failed.
 pub fn wrk(url: &str, connections: u32, seconds: u32) -> Result<WrkRun> {
-    let output = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
-        .output()
-        .context("running wrk (apt-get install -y wrk)")?;
+    wrk_with(url, connections, seconds, &[])
+}
+
+/// [`wrk`] with request headers (`-H 'name: value'`).
+pub fn wrk_with(url: &str, connections: u32, seconds: u32, headers: &[(&str, &str)]) -> Result<WrkRun> {
+    let mut command = Command::new("wrk");
+    command.args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency"]);
+    for (name, value) in headers {
+        command.args(["-H", &format!("{name}: {value}")]);
+    }
+    let output = command.arg(url).output().context("running wrk (apt-get install -y wrk)")?;
     if !output.status.success() {
         bail!("wrk failed: {}", String::from_utf8_lossy(&output.stderr));
     }

@@ -3,12 +3,13 @@
 //! `cargo run --release -p amphi-bench -- all` runs every section and writes a report (markdown,
 //! JSON and an SVG chart); `--quick` is a smoke run of the same sections in under three minutes.
 //! Each section also runs alone (`wasm`, `choices`, `startup`, `containers`, `mixed`, `density`,
-//! `logs`).
+//! `logs`, `jobs`).
 //! The servers measured run as child processes: the bare hyper floor (`floor`), the Amphi
 //! gateway (`gateway`, the code of `amphi serve`) and `wasmtime serve`. See `bench/README.md`.
 
 mod containers;
 mod density;
+mod jobs;
 mod load;
 mod logstore;
 mod mixed;
@@ -65,6 +66,8 @@ enum Command {
     Density(RunArgs),
     /// §6: log ingestion while serving, and the last-100-lines query on a full store.
     Logs(RunArgs),
+    /// §7: async jobs: enqueue rate against sync calls and the disk's fsyncs, backlog drain.
+    Jobs(RunArgs),
     /// (child process) A bare hyper HTTP/1.1 hello-world server.
     #[command(hide = true)]
     Floor { listen: SocketAddr },
@@ -150,6 +153,7 @@ fn main() -> Result<()> {
         Command::Spinning(args) => multi_thread()?.block_on(run(args, &["spinning"], DEFAULT_EXAMPLE)),
         Command::Density(args) => multi_thread()?.block_on(run(args, &["density"], DEFAULT_EXAMPLE)),
         Command::Logs(args) => multi_thread()?.block_on(run(args, &["logs"], DEFAULT_EXAMPLE)),
+        Command::Jobs(args) => multi_thread()?.block_on(run(args, &["jobs"], DEFAULT_EXAMPLE)),
     }
 }
 
@@ -157,8 +161,8 @@ fn main() -> Result<()> {
 const DEFAULT_EXAMPLE: &str = "python-http";
 
 /// Every section, in the order `all` runs them.
-const SECTIONS: [&str; 8] =
-    ["wasm", "choices", "startup", "containers", "mixed", "spinning", "density", "logs"];
+const SECTIONS: [&str; 9] =
+    ["wasm", "choices", "startup", "containers", "mixed", "spinning", "density", "logs", "jobs"];
 
 async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
     load::require_wrk()?;
@@ -177,7 +181,8 @@ async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
             "mixed" => mixed::run(&plan).await,
             "spinning" => spinning::run(&plan).await,
             "density" => density::run(&plan).await,
-            _ => logstore::run(&plan).await,
+            "logs" => logstore::run(&plan).await,
+            _ => jobs::run(&plan).await,
         }
         .with_context(|| format!("the {name} section failed"))?;
         done.push(section);
