@@ -35,18 +35,17 @@ async fn accepted(server: &TestServer, name: &str, path: &str, headers: &[(&str,
     header(&response, "amphi-invocation-id").to_string()
 }
 
+/// The JSON answer of an admin request.
+async fn admin_json(server: &TestServer, method: Method, path: &str) -> Value {
+    let response = server.admin(method, path).send().await.expect("admin request");
+    response.json().await.expect("json")
+}
+
 /// Waits (up to `within`) until job `id` is in one of `states`.
 async fn wait_state(server: &TestServer, id: &str, states: &[&str], within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let job: Value = server
-            .admin(Method::GET, &format!("/jobs/{id}"))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let job: Value = admin_json(server, Method::GET, &format!("/jobs/{id}")).await;
         if states.contains(&job["state"].as_str().unwrap_or("")) {
             return job;
         }
@@ -85,14 +84,7 @@ async fn a_job_is_stored_run_through_the_sync_path_and_its_result_kept() {
     assert_eq!((job["status"].as_u64(), job["attempts"].as_array().map(Vec::len)), (Some(200), Some(1)));
     assert_eq!((job["method"].as_str(), job["path"].as_str()), (Some("POST"), Some("/echo?x=1")));
 
-    let result: Value = server
-        .admin(Method::GET, &format!("/jobs/{id}/result"))
-        .send()
-        .await
-        .expect("result")
-        .json()
-        .await
-        .expect("json");
+    let result: Value = admin_json(&server, Method::GET, &format!("/jobs/{id}/result")).await;
     assert_eq!(result["body"], "order 42", "{result}");
     assert_eq!(result["status"], 200);
     let result_header = |name: &str| {
@@ -156,14 +148,7 @@ async fn idempotency_delay_cancel_and_bad_input() {
 
     // A queued job can be canceled, once.
     let later = accepted(&server, "hello", "/", &[("amphi-delay", "1h")]).await;
-    let canceled: Value = server
-        .admin(Method::DELETE, &format!("/jobs/{later}"))
-        .send()
-        .await
-        .expect("cancel")
-        .json()
-        .await
-        .expect("json");
+    let canceled: Value = admin_json(&server, Method::DELETE, &format!("/jobs/{later}")).await;
     assert_eq!(canceled["state"], "canceled");
     let twice = server.admin(Method::DELETE, &format!("/jobs/{later}")).send().await.expect("cancel");
     assert_eq!(twice.status(), 409);
@@ -364,8 +349,9 @@ async fn a_schedule_queues_one_job_per_tick_also_across_a_restart() {
         queue.query_row("SELECT COUNT(*) FROM jobs", [], |row| row.get(0)).expect("count")
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let server = TestServer::start(temp.path());
+    // Taken before the start: the catch-up tick fires while the server is still coming up.
     let restarted_us = amphi_contract::now_unix_us();
+    let server = TestServer::start(temp.path());
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let removed = server.cli(&["schedule", "rm", "every-second"]);
     assert!(removed.status.success(), "{}", stderr(&removed));
@@ -483,14 +469,7 @@ async fn a_container_function_runs_jobs_retries_them_and_keeps_the_result() {
     assert_eq!(ok.status(), 202);
     let id = header(&ok, "amphi-invocation-id").to_string();
     let job = wait_state(&server, &id, &["succeeded"], Duration::from_secs(60)).await;
-    let result: Value = server
-        .admin(Method::GET, &format!("/jobs/{id}/result"))
-        .send()
-        .await
-        .expect("result")
-        .json()
-        .await
-        .expect("json");
+    let result: Value = admin_json(&server, Method::GET, &format!("/jobs/{id}/result")).await;
     assert_eq!(result["body"], "to python");
     let record = server.record(job["attempts"][0]["invocation_id"].as_str().expect("invocation")).await;
     assert_eq!(

@@ -148,12 +148,13 @@ fn within_savepoint<T: Send + 'static>(
 ) -> Answer {
     let mut local = Moves::default();
     let result = (|| {
-        tx.execute_batch("SAVEPOINT op")?;
+        // Cached statements: a savepoint per job is on the path of every 202.
+        tx.prepare_cached("SAVEPOINT op")?.execute([])?;
         let result = change(&mut local);
-        match &result {
-            Ok(_) => tx.execute_batch("RELEASE op")?,
-            Err(_) => tx.execute_batch("ROLLBACK TO op; RELEASE op")?,
+        if result.is_err() {
+            tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
         }
+        tx.prepare_cached("RELEASE op")?.execute([])?;
         result
     })();
     if result.is_ok() {
