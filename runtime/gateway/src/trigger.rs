@@ -83,7 +83,7 @@ pub async fn invoke(
 
 /// The 404 of a call to a function that does not exist (with an invocation id, like every
 /// answer of `/fn`).
-pub fn no_such_function(name: &str) -> Response<ResponseBody> {
+fn no_such_function(name: &str) -> Response<ResponseBody> {
     let mut response = respond::problem_of(ProblemKind::NotFound, format!("no function named `{name}`"));
     if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()) {
         response.headers_mut().insert(headers::INVOCATION_ID, id);

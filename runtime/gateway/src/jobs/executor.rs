@@ -111,15 +111,6 @@ impl Jobs {
             lane.wake.notify_one();
         }
     }
-
-    /// Jobs of `function` running now.
-    pub fn running_of(&self, function: &str) -> usize {
-        self.lanes
-            .lock()
-            .ok()
-            .and_then(|lanes| lanes.get(function).map(|l| l.capacity.in_flight()))
-            .unwrap_or(0)
-    }
 }
 
 /// Starts a lane for every function with queued jobs (those left from before a restart).
