@@ -71,6 +71,8 @@ async fn a_real_prometheus_scrapes_the_calls_made() {
         assert_eq!(server.get("counted", "/").await.status(), 200);
     }
     assert_eq!(server.get("counted", "/status/404").await.status(), 404);
+    // A call is counted as its record is written, which comes after the client has its answer.
+    server.wait_for("/invocations?function=counted", |v| v.as_array().is_some_and(|a| a.len() == 8)).await;
 
     // The exposition itself: behind the token, in the OpenMetrics format, with the log store's
     // loss counters present at 0.

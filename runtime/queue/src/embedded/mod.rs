@@ -45,7 +45,7 @@ impl EmbeddedQueue {
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only=ON; PRAGMA busy_timeout=5000;")?;
         let (ops, receiver) = std::sync::mpsc::channel();
-        let writer = writer::Writer { conn, counts: counts.clone() };
+        let writer = writer::Writer { conn, counts: counts.clone(), synchronous_full: None };
         // The thread ends when the queue (the channel's only sender) is dropped.
         std::thread::Builder::new()
             .name("amphi-jobs-write".into())

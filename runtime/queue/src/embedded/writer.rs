@@ -65,6 +65,9 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, QueueError>) -> 
 pub struct Writer {
     pub conn: Connection,
     pub counts: Arc<Mutex<StateCounts>>,
+    /// The `synchronous` setting the connection has now: changed only when a batch needs the
+    /// other one (a pragma per batch was a visible part of the enqueue path's profile).
+    pub synchronous_full: Option<bool>,
 }
 
 /// What a batch changes in the per-state counts, applied once it commits.
@@ -111,7 +114,11 @@ impl Writer {
         let mut moves = Moves::default();
         let mut pending = self.counts.lock().map(|c| *c).unwrap_or_default();
         let committed = (|| -> Result<(), QueueError> {
-            self.conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+            if self.synchronous_full != Some(durable) {
+                self.synchronous_full = None;
+                self.conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+                self.synchronous_full = Some(durable);
+            }
             let tx = self.conn.transaction()?;
             for op in batch {
                 answers.push(apply(&tx, op, &mut moves, &mut pending));
