@@ -28,7 +28,8 @@ fn build() -> Result<(), ToolchainError> {
         .unwrap_or_else(|| workspace_root.join("target"))
         .join("wasm-guests");
 
-    for watched in ["Cargo.toml", "Cargo.lock", "rust-http", "rust-cgi", "c-cgi", "sdk-hello", "conformance"]
+    for watched in
+        ["Cargo.toml", "Cargo.lock", "rust-http", "rust-cgi", "c-cgi", "sdk-hello", "sdk-init", "conformance"]
     {
         println!("cargo:rerun-if-changed={}", guests.join(watched).display());
     }
@@ -60,6 +61,11 @@ fn build() -> Result<(), ToolchainError> {
     export(
         "SDK_HELLO_COMPONENT",
         &sdk_function("sdk-hello", "sdk-hello").build(&toolchain, ArtifactTarget::Wasm)?,
+    );
+
+    export(
+        "SDK_INIT_COMPONENT",
+        &sdk_function("sdk-init", "sdk-init").build(&toolchain, ArtifactTarget::Wasm)?,
     );
 
     let conformance = sdk_function("conformance/rust-sdk", "conformance-rust-sdk");

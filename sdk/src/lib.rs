@@ -29,6 +29,13 @@
 //! with a message saying so (a 502 with the reason in the log), rather than spinning until its
 //! timeout.
 //!
+//! State a function builds once (tables, parsed templates, compiled regexes) goes in an
+//! initializer, registered with `main!(handle, init = setup)`. On wasm it is the component's
+//! `wizer-initialize` export: deployed with `amphi deploy NAME f.wasm --init`, it runs once at
+//! deploy and every instance starts from the memory it left. Natively it runs once when the
+//! process starts, before the server listens (so before the instance reports ready). Either way a
+//! handler finds what it set; nothing a handler writes is seen by the next call on wasm.
+//!
 //! The invocation contract the platform keeps (metadata, limits, errors, logs) is `CONTRACT.md` at
 //! the root of the Amphi repository. What the SDK adds to it:
 //! - the function's configured environment is visible through [`std::env`] on both backends;
@@ -54,7 +61,8 @@ pub use request::Request;
 pub use response::{Body, Response};
 
 /// Registers the function's handler: `main!(handle)` for `fn handle(Request) -> Response`,
-/// `main!(async handle)` for `async fn handle(Request) -> Response`.
+/// `main!(async handle)` for `async fn handle(Request) -> Response`; either may add
+/// `init = setup` for an initializer `fn setup()` (see the crate's docs).
 ///
 /// Use it once, at the top level of the binary crate's `src/main.rs`; it writes `fn main`.
 ///
@@ -69,11 +77,62 @@ pub use response::{Body, Response};
 /// ```
 #[macro_export]
 macro_rules! main {
+    (async $handler:path, init = $init:path) => {
+        $crate::__entry!(async $handler);
+        $crate::__initializer!($init);
+    };
+    ($handler:path, init = $init:path) => {
+        $crate::__entry!(sync $handler);
+        $crate::__initializer!($init);
+    };
     (async $handler:path) => {
         $crate::__entry!(async $handler);
+        $crate::__initializer!();
     };
     ($handler:path) => {
         $crate::__entry!(sync $handler);
+        $crate::__initializer!();
+    };
+}
+
+/// What `init = f` of [`main!`] expands to on wasm: the `wizer-initialize` export calling `f`
+/// with the function's environment loaded.
+#[cfg(target_family = "wasm")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __initializer {
+    ($init:path) => {
+        struct AmphiInitializer;
+
+        impl $crate::__private::initializer::Guest for AmphiInitializer {
+            fn wizer_initialize() {
+                $crate::__private::run_initializer($init)
+            }
+        }
+
+        $crate::__private::initializer::__export_initializer!(
+            AmphiInitializer with_types_in $crate::__private::initializer
+        );
+    };
+    () => {};
+}
+
+/// What `init = f` of [`main!`] expands to natively: `f` runs before the server starts.
+#[cfg(not(target_family = "wasm"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __initializer {
+    ($init:path) => {
+        #[doc(hidden)]
+        fn __amphi_initializer() -> Option<fn()> {
+            Some($init)
+        }
+    };
+    () => {
+        #[doc(hidden)]
+        fn __amphi_initializer() -> Option<fn()> {
+            None
+        }
     };
 }
 
@@ -116,12 +175,12 @@ macro_rules! __entry {
 macro_rules! __entry {
     (sync $handler:path) => {
         fn main() {
-            $crate::__private::serve_sync($handler)
+            $crate::__private::serve_sync(__amphi_initializer(), $handler)
         }
     };
     (async $handler:path) => {
         fn main() {
-            $crate::__private::serve_async(|request| $handler(request))
+            $crate::__private::serve_async(__amphi_initializer(), |request| $handler(request))
         }
     };
 }
@@ -132,7 +191,7 @@ pub mod __private {
     #[cfg(not(target_family = "wasm"))]
     pub use crate::native::{serve_async, serve_sync};
     #[cfg(target_family = "wasm")]
-    pub use crate::wasm::{block_on, handle_incoming};
+    pub use crate::wasm::{block_on, handle_incoming, initializer, run_initializer};
     #[cfg(target_family = "wasm")]
     pub use wasip2;
 }

@@ -25,10 +25,11 @@ use crate::{Body, Request, Response};
 const DEFAULT_PORT: u16 = 8080;
 
 /// Serves a sync handler; each call runs on tokio's blocking pool, so the handler may block.
-pub fn serve_sync<H>(handler: H)
+pub fn serve_sync<H>(init: Option<fn()>, handler: H)
 where
     H: Fn(Request) -> Response + Send + Sync + 'static,
 {
+    initialize(init);
     let handler = Arc::new(handler);
     serve(move |request| {
         let handler = handler.clone();
@@ -44,12 +45,21 @@ where
 }
 
 /// Serves an async handler on the multi-threaded runtime.
-pub fn serve_async<H, F>(handler: H)
+pub fn serve_async<H, F>(init: Option<fn()>, handler: H)
 where
     H: Fn(Request) -> F + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
+    initialize(init);
     serve(handler)
+}
+
+/// Runs the function's initializer once, before the server listens: the platform counts the
+/// instance ready only once it answers, so no call ever finds the initializer unfinished.
+fn initialize(init: Option<fn()>) {
+    if let Some(init) = init {
+        init();
+    }
 }
 
 fn serve<H, F>(handler: H)

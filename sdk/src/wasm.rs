@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use wasip2::http::types::{
@@ -19,12 +20,60 @@ pub fn handle_incoming(
     out: ResponseOutparam,
     handler: impl FnOnce(Request) -> Response,
 ) {
+    if PRE_INITIALIZED.load(Ordering::Relaxed) {
+        restore_stdio_handles();
+    }
     load_environment();
     let response = match read_request(&request) {
         Ok(request) => handler(request),
         Err(message) => Response::new(http::StatusCode::BAD_REQUEST).with_body(message),
     };
     write_response(out, response);
+}
+
+/// The `wizer-initialize` export, a component-level function beside `wasi:http`.
+#[allow(missing_docs)]
+pub mod initializer {
+    wit_bindgen::generate!({
+        inline: "package amphi:sdk; world initializer { export wizer-initialize: func(); }",
+        world: "initializer",
+        pub_export_macro: true,
+        export_macro_name: "__export_initializer",
+    });
+}
+
+/// Set by the initializer; instances made from its snapshot find it set.
+static PRE_INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Runs the function's initializer with its environment loaded, as a handler would see it.
+///
+/// A snapshot keeps the instance's memory, not the host's table of its WASI handles. The preview1
+/// adapter under `std` opens stdout and stderr on their first write and keeps the handles in
+/// memory, so handles opened while initializing would name nothing in an instance made from the
+/// snapshot. Hence the initializer has them opened first, at the numbers a call can open them at
+/// again: handles 1 and 2 are held (a call's request and response-outparam take them), and the
+/// first write to stdout then to stderr leaves the adapter holding handles 3 to 5 (stdout, one
+/// more stdout stream, stderr: what the adapter bundled with Amphi 48 does, checked by
+/// `runtime/cli/tests/preinit.rs`). Every call of a pre-initialized instance opens the same
+/// three first ([`restore_stdio_handles`]).
+pub fn run_initializer(init: fn()) {
+    let placeholders = [Fields::new(), Fields::new()];
+    // Empty writes: the adapter opens each stream on its first write, in this order.
+    let _ = std::io::stdout().write(&[]);
+    let _ = std::io::stderr().write(&[]);
+    drop(placeholders);
+    PRE_INITIALIZED.store(true, Ordering::Relaxed);
+    load_environment();
+    init();
+    let _ = std::io::stdout().flush();
+}
+
+/// Opens stdout and stderr at the handles the adapter kept from the initializer (3 to 5, after the
+/// call's request and response-outparam); they stay open for the instance's life.
+fn restore_stdio_handles() {
+    std::mem::forget(wasip2::cli::stdout::get_stdout());
+    std::mem::forget(wasip2::cli::stdout::get_stdout());
+    std::mem::forget(wasip2::cli::stderr::get_stderr());
 }
 
 /// Drives an async handler to completion on the instance's one thread.

@@ -571,6 +571,7 @@ mod tests {
             kind: ArtifactKind::ContainerImage,
             config: FunctionConfig { container, ..Default::default() },
             created_at_ms: 0,
+            init: None,
         });
         let driver = Arc::new(driver);
         (Pool::new(function, driver.clone()), driver)

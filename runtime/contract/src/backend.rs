@@ -7,9 +7,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::call::{Call, Completion};
-use crate::function::{ArtifactKind, FunctionConfig, FunctionVersion, InvalidConfig};
+use crate::function::{ArtifactKind, FunctionConfig, FunctionVersion, InitSnapshot, InvalidConfig};
 use crate::problem::ProblemKind;
-use crate::record::{BackendKind, Outcome};
+use crate::record::{BackendKind, LogStream, Outcome};
+
+/// Where a backend sends lines written outside any call (an initializer's output at deploy).
+pub type LineSink = Box<dyn Fn(LogStream, &str) + Send + Sync>;
 
 /// Any error a body stream can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,6 +114,20 @@ pub trait Backend: Send + Sync + 'static {
     /// Finds an artifact its engine already has by `reference` (an image name); `None` when the
     /// backend has no such engine.
     fn import(&self, _reference: &str) -> Option<BoxFuture<'_, Result<BuiltArtifact, BuildFailure>>> {
+        None
+    }
+
+    /// Pre-initializes the artifact `digest` for `config` (which names `init`): runs the
+    /// initializer once, with the function's env and limits, and keeps the snapshot its instances
+    /// will start from. The initializer's output goes to `output`, line by line. `None` when the
+    /// backend has no such thing; an `Err` fails the deploy, which then changes nothing.
+    fn pre_initialize<'a>(
+        &'a self,
+        _digest: &'a str,
+        _kind: ArtifactKind,
+        _config: &'a FunctionConfig,
+        _output: LineSink,
+    ) -> Option<BoxFuture<'a, Result<InitSnapshot, BackendError>>> {
         None
     }
 

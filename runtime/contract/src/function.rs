@@ -75,6 +75,11 @@ pub struct FunctionConfig {
     pub async_concurrency: Option<u32>,
     /// How a job whose attempt failed is tried again.
     pub retry: RetryConfig,
+    /// The export run once at deploy to pre-initialize a wasm function (`wizer-initialize` by
+    /// convention); every instance then starts from the memory it left. Unset: no initializer.
+    pub init: Option<String>,
+    /// Longest the initializer may run at deploy, in milliseconds.
+    pub init_timeout_ms: u64,
 }
 
 /// A kind of failed attempt a job may be retried on.
@@ -321,6 +326,8 @@ impl Default for FunctionConfig {
             container: ContainerConfig::default(),
             async_concurrency: None,
             retry: RetryConfig::default(),
+            init: None,
+            init_timeout_ms: 60_000,
         }
     }
 }
@@ -394,6 +401,20 @@ impl FunctionConfig {
                 self.concurrency
             )));
         }
+        if let Some(export) = &self.init
+            && (export.is_empty() || export.len() > 256 || export.chars().any(char::is_control))
+        {
+            return Err(InvalidConfig::new(
+                "init must name an export: 1 to 256 characters, no control characters",
+            ));
+        }
+        if self.init_timeout_ms == 0 || Duration::from_millis(self.init_timeout_ms) > Self::MAX_TIMEOUT {
+            return Err(InvalidConfig(format!(
+                "init_timeout_ms must be between 1ms and {}s, got {}ms",
+                Self::MAX_TIMEOUT.as_secs(),
+                self.init_timeout_ms
+            )));
+        }
         self.retry.validate()?;
         self.container.validate()
     }
@@ -414,6 +435,25 @@ pub struct FunctionVersion {
     pub config: FunctionConfig,
     /// When this version was made, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// The snapshot its instances start from, when its config names an initializer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSnapshot>,
+}
+
+/// What pre-initializing a wasm function at deploy made: the snapshot every instance starts from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InitSnapshot {
+    /// The export that ran.
+    pub export: String,
+    /// `sha256:<hex>` of what made the snapshot (artifact, export, env, engine), under which it
+    /// is stored: the same inputs give the same snapshot, so it is made once.
+    pub digest: String,
+    /// How long the initializer ran, in milliseconds.
+    pub init_ms: u64,
+    /// The snapshot's size in bytes.
+    pub size: u64,
+    /// Whether this deploy found the snapshot made already (the initializer did not run).
+    pub reused: bool,
 }
 
 /// Checks a function name: it is a URL path segment and a file-system-safe key.

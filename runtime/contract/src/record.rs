@@ -153,6 +153,8 @@ pub enum LogStream {
     Platform,
     /// Output of building the function's container image.
     Build,
+    /// Output of the function's initializer, run once at deploy (pre-initialization).
+    Init,
 }
 
 impl LogStream {
@@ -163,12 +165,15 @@ impl LogStream {
             Self::Stderr => "stderr",
             Self::Platform => "platform",
             Self::Build => "build",
+            Self::Init => "init",
         }
     }
 
     /// Parses [`LogStream::as_str`] back.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Stdout, Self::Stderr, Self::Platform, Self::Build].into_iter().find(|s| s.as_str() == text)
+        [Self::Stdout, Self::Stderr, Self::Platform, Self::Build, Self::Init]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 

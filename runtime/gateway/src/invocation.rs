@@ -298,6 +298,7 @@ mod tests {
             kind: ArtifactKind::CgiModule,
             config: FunctionConfig::default(),
             created_at_ms: 0,
+            init: None,
         });
         let metrics = Arc::default();
         let origin = Origin::http("GET".into(), "/".into());

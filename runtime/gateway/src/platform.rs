@@ -9,7 +9,11 @@ use std::sync::{Arc, RwLock};
 
 use amphi_container::ContainerBackend;
 use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion, validate_name};
-use amphi_contract::{Backend, BoxFuture, BuildFailure, BuiltArtifact, Problem, ProblemKind, UploadError};
+use amphi_contract::record::{LogLine, LogStream};
+use amphi_contract::{
+    Backend, BoxFuture, BuildFailure, BuiltArtifact, Problem, ProblemKind, TelemetrySink, UploadError,
+    now_unix_us,
+};
 use amphi_store::artifacts::Artifacts;
 use amphi_store::logs::LogStore;
 use amphi_store::registry::{ArtifactInfo, Registry};
@@ -400,21 +404,28 @@ impl Platform {
         config: FunctionConfig,
     ) -> Result<(FunctionVersion, Option<String>), Problem> {
         config.validate().map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e.to_string()))?;
+        let unknown = |digest: &str| {
+            Problem::new(
+                ProblemKind::UnprocessableEntity,
+                format!("no artifact {digest} was uploaded (POST /v1/artifacts first)"),
+            )
+        };
+        let platform = self.clone();
+        let key = digest.clone();
+        let artifact = blocking(move || platform.registry.artifact(&key).map_err(internal))
+            .await?
+            .ok_or_else(|| unknown(&digest))?;
+        let backend = self.backend_for(artifact.kind).map_err(internal)?;
+        backend
+            .check_config(&config)
+            .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e.to_string()))?;
+        let init = match &config.init {
+            Some(_) => Some(self.pre_initialize(backend, &name, &artifact, &config).await?),
+            None => None,
+        };
         let platform = self.clone();
         let function = blocking(move || {
-            let unknown = |digest: &str| {
-                Problem::new(
-                    ProblemKind::UnprocessableEntity,
-                    format!("no artifact {digest} was uploaded (POST /v1/artifacts first)"),
-                )
-            };
-            let artifact =
-                platform.registry.artifact(&digest).map_err(internal)?.ok_or_else(|| unknown(&digest))?;
-            let backend = platform.backend_for(artifact.kind).map_err(internal)?;
-            backend
-                .check_config(&config)
-                .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e.to_string()))?;
-            platform.registry.deploy(&name, &digest, &config).map_err(|e| match e {
+            platform.registry.deploy(&name, &digest, &config, init.as_ref()).map_err(|e| match e {
                 StoreError::UnknownArtifact(digest) => unknown(&digest),
                 other => internal(other),
             })
@@ -428,6 +439,46 @@ impl Platform {
             format!("version {} is deployed, but its reserved instances did not start: {e}", function.version)
         });
         Ok((function, warning))
+    }
+
+    /// Runs the initializer `config.init` names once (the backend snapshots what it leaves); its
+    /// output goes to the function's log, stream `init`. A failure fails the deploy with 422.
+    async fn pre_initialize(
+        &self,
+        backend: &Arc<dyn Backend>,
+        name: &str,
+        artifact: &ArtifactInfo,
+        config: &FunctionConfig,
+    ) -> Result<amphi_contract::InitSnapshot, Problem> {
+        let logs = self.logs.clone();
+        let function = name.to_string();
+        let output = Box::new(move |stream: LogStream, text: &str| {
+            let line = LogLine {
+                seq: 0,
+                ts_us: now_unix_us(),
+                function: function.clone(),
+                invocation_id: String::new(),
+                // The guest's own lines are the initializer's; the platform's say how it went.
+                stream: if stream == LogStream::Platform { LogStream::Platform } else { LogStream::Init },
+                line: text.to_string(),
+            };
+            // A line the store cannot take is counted in its stats; there is no call to note it on.
+            let _ = logs.log_line(line, 0);
+        });
+        let Some(running) = backend.pre_initialize(&artifact.digest, artifact.kind, config, output) else {
+            return Err(Problem::new(
+                ProblemKind::UnprocessableEntity,
+                "init (pre-initialization) is for wasm functions; a container function initializes \
+                 in its process before it reports ready",
+            ));
+        };
+        let mut shutdown = self.shutdown_signal();
+        tokio::select! {
+            done = running => done.map_err(|e| Problem::new(e.kind, e.detail)),
+            _ = shutdown.wait_for(|stopping| *stopping) => {
+                Err(Problem::new(ProblemKind::BackendUnavailable, "the server is shutting down"))
+            }
+        }
     }
 
     /// Deletes `name`. Calls in flight finish on the version they started with.

@@ -10,6 +10,9 @@ pub const RUST_CGI_MODULE: &str = env!("AMPHI_GUEST_RUST_CGI_MODULE");
 pub const C_CGI_MODULE: &str = env!("AMPHI_GUEST_C_CGI_MODULE");
 /// `guest-examples/sdk-hello`, an SDK function, as a component (`amphi build --target wasm`).
 pub const SDK_HELLO_COMPONENT: &str = env!("AMPHI_GUEST_SDK_HELLO_COMPONENT");
+/// `guest-examples/sdk-init`, an SDK function with an initializer (`main!(…, init = setup)`), as a
+/// component.
+pub const SDK_INIT_COMPONENT: &str = env!("AMPHI_GUEST_SDK_INIT_COMPONENT");
 /// The SDK conformance function as a component.
 pub const CONFORMANCE_SDK_COMPONENT: &str = env!("AMPHI_GUEST_CONFORMANCE_SDK_COMPONENT");
 /// The SDK conformance function, from the same source, as a container build context.

@@ -43,6 +43,23 @@ impl Artifacts {
         Ok(digest)
     }
 
+    /// Stores `bytes` made from other artifacts under `digest`, a digest of what made them (not of
+    /// the bytes): what is made from the same inputs is stored once. Storing twice is harmless.
+    pub fn put_derived(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let file = hex_of(digest)?;
+        if !self.has(digest)? {
+            write_durably(&self.sources, file, bytes, None)?;
+        }
+        Ok(())
+    }
+
+    /// Whether an artifact is stored under `digest`.
+    pub fn has(&self, digest: &str) -> Result<bool, StoreError> {
+        self.sources
+            .try_exists(hex_of(digest)?)
+            .map_err(|source| StoreError::Io { what: format!("checking artifact {digest}"), source })
+    }
+
     /// Reads the artifact with `digest`.
     pub fn get(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
         let file = hex_of(digest)?;

@@ -5,7 +5,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion};
+use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion, InitSnapshot};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::StoreError;
@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS versions (
     digest TEXT NOT NULL REFERENCES artifacts(digest),
     config TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
+    -- The snapshot made by the function's initializer (JSON), when its config names one.
+    init TEXT,
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS functions (
@@ -59,6 +61,15 @@ impl Registry {
         let conn = Connection::open(data.private_database("registry.db")?)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
         conn.execute_batch(SCHEMA)?;
+        // Data directories from before pre-initialization have no `init` column yet.
+        let has_init: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('versions') WHERE name = 'init'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_init {
+            conn.execute_batch("ALTER TABLE versions ADD COLUMN init TEXT")?;
+        }
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -98,14 +109,18 @@ impl Registry {
             .transpose()
     }
 
-    /// Makes a new version of `name` (version 1 if it is new) and makes it current.
+    /// Makes a new version of `name` (version 1 if it is new) and makes it current; `init` is
+    /// the snapshot its instances start from, when its initializer made one.
     pub fn deploy(
         &self,
         name: &str,
         digest: &str,
         config: &FunctionConfig,
+        init: Option<&InitSnapshot>,
     ) -> Result<FunctionVersion, StoreError> {
-        let config_json = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        let config_json = serde_json::to_string(config).map_err(corrupt)?;
+        let init_json = init.map(serde_json::to_string).transpose().map_err(corrupt)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let kind: String = tx
@@ -125,8 +140,9 @@ impl Registry {
         )?;
         let created_at_ms = now_ms();
         tx.execute(
-            "INSERT INTO versions (name, version, digest, config, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, version, digest, config_json, created_at_ms as i64],
+            "INSERT INTO versions (name, version, digest, config, created_at_ms, init) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, version, digest, config_json, created_at_ms as i64, init_json],
         )?;
         tx.execute(
             "INSERT INTO functions (name, current_version) VALUES (?1, ?2)
@@ -141,6 +157,7 @@ impl Registry {
             kind: parse_kind(&kind)?,
             config: config.clone(),
             created_at_ms,
+            init: init.cloned(),
         })
     }
 
@@ -180,7 +197,7 @@ impl Registry {
     /// The current version of every function, by name.
     pub fn all_current(&self) -> Result<Vec<FunctionVersion>, StoreError> {
         self.select_versions(
-            "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms
+            "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms, v.init
              FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
              JOIN artifacts a ON a.digest = v.digest ORDER BY f.name",
             None,
@@ -190,7 +207,7 @@ impl Registry {
     /// Every version of `name`, oldest first.
     pub fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>, StoreError> {
         self.select_versions(
-            "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms
+            "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms, v.init
              FROM versions v JOIN artifacts a ON a.digest = v.digest WHERE v.name = ?1 ORDER BY v.version",
             Some(name),
         )
@@ -217,6 +234,7 @@ impl Registry {
                 row.get::<_, String>(3)?,
                 row.get::<_, String>(4)?,
                 row.get::<_, i64>(5)?,
+                row.get::<_, Option<String>>(6)?,
             ))
         };
         let rows = match name {
@@ -224,7 +242,7 @@ impl Registry {
             None => statement.query_map([], map)?.collect::<Result<Vec<_>, _>>()?,
         };
         rows.into_iter()
-            .map(|(name, version, digest, kind, config, created_at_ms)| {
+            .map(|(name, version, digest, kind, config, created_at_ms, init)| {
                 Ok(FunctionVersion {
                     name,
                     version: version as u64,
@@ -232,6 +250,10 @@ impl Registry {
                     kind: parse_kind(&kind)?,
                     config: serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     created_at_ms: created_at_ms as u64,
+                    init: init
+                        .map(|init| serde_json::from_str(&init))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 })
             })
             .collect()
@@ -257,12 +279,12 @@ mod tests {
         let registry = Registry::open(&data).expect("registry");
         let info = ArtifactInfo { digest: "sha256:aa".into(), kind: ArtifactKind::CgiModule, size: 4 };
         registry.add_artifact(&info).expect("artifact");
-        let v1 = registry.deploy("hello", &info.digest, &FunctionConfig::default()).expect("v1");
+        let v1 = registry.deploy("hello", &info.digest, &FunctionConfig::default(), None).expect("v1");
         let config = FunctionConfig { timeout_ms: 5000, ..Default::default() };
-        let v2 = registry.deploy("hello", &info.digest, &config).expect("v2");
+        let v2 = registry.deploy("hello", &info.digest, &config, None).expect("v2");
         assert_eq!((v1.version, v2.version), (1, 2));
         assert!(matches!(
-            registry.deploy("x", "sha256:unknown", &config),
+            registry.deploy("x", "sha256:unknown", &config, None),
             Err(StoreError::UnknownArtifact(_))
         ));
         drop(registry);
@@ -277,7 +299,7 @@ mod tests {
         // A name deployed again after a delete goes on counting, across a restart too.
         drop(registry);
         let registry = Registry::open(&data).expect("reopen");
-        let again = registry.deploy("hello", &info.digest, &config).expect("v3");
+        let again = registry.deploy("hello", &info.digest, &config, None).expect("v3");
         assert_eq!(again.version, 3);
     }
 }

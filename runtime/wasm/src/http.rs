@@ -46,8 +46,13 @@ pub async fn invoke(
         }
         None => {
             let output = OutputTarget::bound(call.log.clone());
-            let store =
-                new_http_store(pre.engine(), &call.function, &output, call.deadline, &instances.budget);
+            let store = new_http_store(
+                pre.engine(),
+                &call.function.config,
+                &output,
+                call.deadline,
+                &instances.budget,
+            );
             (store, None)
         }
     };

@@ -20,6 +20,7 @@ pub mod http;
 pub mod limits;
 pub mod offload;
 pub mod output;
+pub mod preinit;
 pub mod prepare;
 pub mod ready;
 pub mod state;
@@ -29,10 +30,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use amphi_contract::backend::InvokeFuture;
-use amphi_contract::record::{BackendKind, StartKind};
+use amphi_contract::record::{BackendKind, LogStream, StartKind};
 use amphi_contract::{
-    ArtifactKind, Backend, BackendError, BoxFuture, Call, FunctionConfig, InvalidConfig, ProblemKind,
-    UploadError,
+    ArtifactKind, Backend, BackendError, BoxFuture, Call, FunctionConfig, InitSnapshot, InvalidConfig,
+    ProblemKind, UploadError,
 };
 use amphi_store::artifacts::Artifacts;
 use bytes::Bytes;
@@ -76,6 +77,8 @@ pub struct WasmStats {
     pub memory_budget_bytes: u64,
     /// Linear memory charged to it now, in bytes.
     pub memory_in_use_bytes: u64,
+    /// Initializers run at deploy since start (a snapshot made before is reused, not counted).
+    pub initializer_runs: u64,
 }
 
 /// The wasm backend.
@@ -88,6 +91,8 @@ pub struct WasmBackend {
     compiling: tokio::sync::Semaphore,
     /// Where long-running guests move, off the serving threads.
     guests: Arc<offload::GuestPool>,
+    /// Initializers run since start.
+    initializer_runs: std::sync::atomic::AtomicU64,
 }
 
 impl WasmBackend {
@@ -106,7 +111,15 @@ impl WasmBackend {
             offload::GuestPool::new(threads)
                 .map_err(|e| WasmError::Engine(format!("cannot start the guest threads: {e}")))?,
         );
-        Ok(Self { preparer: Arc::new(preparer), ready, settings, pooling, compiling, guests })
+        Ok(Self {
+            preparer: Arc::new(preparer),
+            ready,
+            settings,
+            pooling,
+            compiling,
+            guests,
+            initializer_runs: Default::default(),
+        })
     }
 
     /// Validates and compiles an upload to be stored under `digest`, and stores its compiled
@@ -137,6 +150,81 @@ impl WasmBackend {
         Ok(kind)
     }
 
+    /// Pre-initializes `digest` as `config.init` says (see [`preinit`]), or finds the snapshot
+    /// made from the same inputs before; compiles and stores the snapshot.
+    pub async fn pre_initialize(
+        &self,
+        digest: &str,
+        kind: ArtifactKind,
+        config: &FunctionConfig,
+        output: &(dyn Fn(LogStream, &str) + Send + Sync),
+    ) -> Result<InitSnapshot, BackendError> {
+        let refused = |e: String| BackendError::new(ProblemKind::UnprocessableEntity, e);
+        let internal = |e: PrepareError| match e {
+            PrepareError::Store(e) => BackendError::new(ProblemKind::Internal, e.to_string()),
+            refused => BackendError::new(
+                ProblemKind::UnprocessableEntity,
+                format!("the pre-initialized snapshot cannot be used: {refused}"),
+            ),
+        };
+        let Some(export) = config.init.clone() else {
+            return Err(refused("the config names no initializer (init)".into()));
+        };
+        let key = preinit::snapshot_digest(digest, &export, config, self.preparer.engine_key());
+        let artifacts = self.preparer.artifacts().clone();
+        let (lookup, source) = (key.clone(), digest.to_string());
+        let found = run_blocking(move || {
+            if artifacts.has(&lookup)? {
+                Ok((artifacts.get(&lookup)?, true))
+            } else {
+                Ok((artifacts.get(&source)?, false))
+            }
+        })
+        .await
+        .map_err(internal)?;
+        let (snapshot, reused) = match found {
+            (snapshot, true) => (snapshot, true),
+            (source, false) => {
+                let slot = self.compiling.acquire().await.map_err(|e| refused(e.to_string()))?;
+                let (http_linker, cgi_linker) = self.preparer.linkers();
+                let job = preinit::InitJob {
+                    engine: self.preparer.engine().clone(),
+                    kind,
+                    bytes: source,
+                    export: export.clone(),
+                    config: config.clone(),
+                    budget: self.ready.budget.clone(),
+                    http_linker,
+                    cgi_linker,
+                };
+                self.initializer_runs.fetch_add(1, Ordering::Relaxed);
+                let ran = job.run().await;
+                drop(slot);
+                let run = ran.map_err(|e| match e {
+                    preinit::InitError::Platform(e) => BackendError::new(ProblemKind::Internal, e),
+                    refusal => refused(refusal.to_string()),
+                })?;
+                for (stream, line) in preinit::lines_of(&run.output) {
+                    output(stream, &line);
+                }
+                output(
+                    LogStream::Platform,
+                    &format!("initializer `{export}` ran in {} ms", run.took.as_millis()),
+                );
+                (run.snapshot, false)
+            }
+        };
+        let size = snapshot.len() as u64;
+        let init_ms = preinit::recorded_init_ms(&snapshot).unwrap_or(0);
+        let snapshot = Bytes::from(snapshot);
+        self.prepare_upload(&key, snapshot.clone()).await.map_err(internal)?;
+        if !reused {
+            let (artifacts, key) = (self.preparer.artifacts().clone(), key.clone());
+            run_blocking(move || Ok(artifacts.put_derived(&key, &snapshot)?)).await.map_err(internal)?;
+        }
+        Ok(InitSnapshot { export, digest: key, init_ms, size, reused })
+    }
+
     /// Checks what of a function's config depends on this backend.
     fn check_memory_ceiling(&self, config: &FunctionConfig) -> Result<(), InvalidConfig> {
         if config.memory_bytes > self.settings.max_memory_bytes {
@@ -161,6 +249,7 @@ impl WasmBackend {
             pooling_allocator: self.pooling,
             memory_budget_bytes: self.ready.budget.limit(),
             memory_in_use_bytes: self.ready.budget.used(),
+            initializer_runs: self.initializer_runs.load(Ordering::Relaxed),
             compiled: self.preparer.stats.compiled.load(Ordering::Relaxed),
             loaded_from_disk: self.preparer.stats.loaded_from_disk.load(Ordering::Relaxed),
         }
@@ -190,6 +279,16 @@ impl Backend for WasmBackend {
         }))
     }
 
+    fn pre_initialize<'a>(
+        &'a self,
+        digest: &'a str,
+        kind: ArtifactKind,
+        config: &'a FunctionConfig,
+        output: amphi_contract::backend::LineSink,
+    ) -> Option<BoxFuture<'a, Result<InitSnapshot, BackendError>>> {
+        Some(Box::pin(async move { WasmBackend::pre_initialize(self, digest, kind, config, &*output).await }))
+    }
+
     fn check_config(&self, config: &FunctionConfig) -> Result<(), InvalidConfig> {
         self.check_memory_ceiling(config)
     }
@@ -205,12 +304,14 @@ impl Backend for WasmBackend {
         let budget = self.ready.budget.clone();
         let guests = self.guests.clone();
         Box::pin(async move {
-            let (prepared, code_load) = match preparer.cached(&call.function.digest) {
+            // A pre-initialized function's instances start from its snapshot.
+            let code = call.function.init.as_ref().map_or(&call.function.digest, |init| &init.digest);
+            let (prepared, code_load) = match preparer.cached(code) {
                 Some(prepared) => (prepared, None),
                 None => {
                     // A cold start: the code is loaded from disk (or compiled) off the async threads.
                     let started = Instant::now();
-                    let (digest, kind) = (call.function.digest.clone(), call.function.kind);
+                    let (digest, kind) = (code.clone(), call.function.kind);
                     let loader = preparer.clone();
                     let loaded = tokio::task::spawn_blocking(move || loader.get(&digest, kind)).await;
                     call.started(StartKind::Cold, Some(started.elapsed()));

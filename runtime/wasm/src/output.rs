@@ -49,6 +49,17 @@ impl OutputTarget {
         *target = Target::Bound(capture);
     }
 
+    /// What was written while no invocation was bound, in order; emptied.
+    pub fn take_held(&self) -> Vec<(LogStream, Vec<u8>)> {
+        match &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Target::Pending(held, size) => {
+                *size = 0;
+                std::mem::take(held)
+            }
+            Target::Bound(_) => Vec::new(),
+        }
+    }
+
     /// The stdout and stderr streams writing here.
     pub fn streams(&self) -> (LogOutput, LogOutput) {
         (

@@ -93,6 +93,26 @@ impl Preparer {
         })
     }
 
+    /// The engine's compatibility key, part of every compiled-code key.
+    pub fn engine_key(&self) -> &str {
+        &self.engine_key
+    }
+
+    /// The engine code is compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The artifact store.
+    pub fn artifacts(&self) -> &Arc<Artifacts> {
+        &self.artifacts
+    }
+
+    /// The linkers instances are made with: `wasi:http` components, CGI modules.
+    pub(crate) fn linkers(&self) -> (ComponentLinker<HttpState>, Linker<CgiState>) {
+        (self.http_linker.clone(), self.cgi_linker.clone())
+    }
+
     /// Detects how `bytes` speak the contract, without compiling.
     pub fn detect_kind(bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
         if Parser::is_component(bytes) {

@@ -145,7 +145,7 @@ impl ReadyInstances {
                 let started = Instant::now();
                 let output = OutputTarget::pending();
                 let deadline = Instant::now() + function.config.timeout();
-                let mut store = new_http_store(pre.engine(), &function, &output, deadline, &budget);
+                let mut store = new_http_store(pre.engine(), &function.config, &output, deadline, &budget);
                 match pre.instantiate_async(&mut store).await {
                     Ok(proxy) => {
                         stats.made_since(started);
@@ -232,6 +232,7 @@ mod tests {
             kind: ArtifactKind::WasiHttpComponent,
             config: FunctionConfig::default(),
             created_at_ms: 0,
+            init: None,
         };
         assert!(ready.entry(&function).is_some());
         ready.functions.run_pending_tasks();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use amphi_contract::FunctionVersion;
+use amphi_contract::FunctionConfig;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -97,15 +97,15 @@ pub struct CgiState {
     pub limits: CallLimits,
 }
 
-/// A store for one instance of `function`: its environment and limits, output to `output`.
+/// A store for one instance of a function with `config`: its environment and limits, output to
+/// `output`.
 pub(crate) fn new_http_store(
     engine: &wasmtime::Engine,
-    function: &FunctionVersion,
+    config: &FunctionConfig,
     output: &OutputTarget,
     deadline: Instant,
     budget: &Arc<MemoryBudget>,
 ) -> Store<HttpState> {
-    let config = &function.config;
     let (stdout, stderr) = output.streams();
     let mut wasi = WasiCtx::builder();
     wasi.envs(&config.env.iter().collect::<Vec<_>>()).stdout(stdout).stderr(stderr);

@@ -57,7 +57,15 @@ impl Harness {
         let bytes = std::fs::read(path).expect("guest built");
         let digest = self.artifacts.put(&bytes).expect("put");
         let kind = self.backend.prepare_upload(&digest, bytes.into()).await.expect("prepare");
-        Arc::new(FunctionVersion { name: "f".into(), version: 1, digest, kind, config, created_at_ms: 0 })
+        Arc::new(FunctionVersion {
+            name: "f".into(),
+            version: 1,
+            digest,
+            kind,
+            config,
+            created_at_ms: 0,
+            init: None,
+        })
     }
 
     /// Waits until the backend has made `count` instances in all: ready instances are made after

@@ -120,11 +120,12 @@ fn stream_code(stream: LogStream) -> u8 {
         LogStream::Stderr => 1,
         LogStream::Platform => 2,
         LogStream::Build => 3,
+        LogStream::Init => 4,
     }
 }
 
 fn stream_of(code: u8) -> Option<LogStream> {
-    [LogStream::Stdout, LogStream::Stderr, LogStream::Platform, LogStream::Build]
+    [LogStream::Stdout, LogStream::Stderr, LogStream::Platform, LogStream::Build, LogStream::Init]
         .get(usize::from(code))
         .copied()
 }
