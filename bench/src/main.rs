@@ -3,7 +3,7 @@
 //! `cargo run --release -p amphi-bench -- all` runs every section and writes a report (markdown,
 //! JSON and an SVG chart); `--quick` is a smoke run of the same sections in under three minutes.
 //! Each section also runs alone (`wasm`, `choices`, `startup`, `containers`, `mixed`, `density`,
-//! `logs`, `jobs`).
+//! `logs`, `jobs`, `preinit`).
 //! The servers measured run as child processes: the bare hyper floor (`floor`), the Amphi
 //! gateway (`gateway`, the code of `amphi serve`) and `wasmtime serve`. See `bench/README.md`.
 
@@ -13,6 +13,7 @@ mod jobs;
 mod load;
 mod logstore;
 mod mixed;
+mod preinit;
 mod report;
 mod servers;
 mod spinning;
@@ -68,6 +69,8 @@ enum Command {
     Logs(RunArgs),
     /// §7: async jobs: enqueue rate against sync calls and the disk's fsyncs, backlog drain.
     Jobs(RunArgs),
+    /// §8: pre-initialization: calls with the initializer run at deploy vs lazily per call.
+    Preinit(RunArgs),
     /// (child process) A bare hyper HTTP/1.1 hello-world server.
     #[command(hide = true)]
     Floor { listen: SocketAddr },
@@ -154,6 +157,7 @@ fn main() -> Result<()> {
         Command::Density(args) => multi_thread()?.block_on(run(args, &["density"], DEFAULT_EXAMPLE)),
         Command::Logs(args) => multi_thread()?.block_on(run(args, &["logs"], DEFAULT_EXAMPLE)),
         Command::Jobs(args) => multi_thread()?.block_on(run(args, &["jobs"], DEFAULT_EXAMPLE)),
+        Command::Preinit(args) => multi_thread()?.block_on(run(args, &["preinit"], DEFAULT_EXAMPLE)),
     }
 }
 
@@ -161,8 +165,8 @@ fn main() -> Result<()> {
 const DEFAULT_EXAMPLE: &str = "python-http";
 
 /// Every section, in the order `all` runs them.
-const SECTIONS: [&str; 9] =
-    ["wasm", "choices", "startup", "containers", "mixed", "spinning", "density", "logs", "jobs"];
+const SECTIONS: [&str; 10] =
+    ["wasm", "choices", "startup", "containers", "mixed", "spinning", "density", "logs", "jobs", "preinit"];
 
 async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
     load::require_wrk()?;
@@ -182,7 +186,8 @@ async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
             "spinning" => spinning::run(&plan).await,
             "density" => density::run(&plan).await,
             "logs" => logstore::run(&plan).await,
-            _ => jobs::run(&plan).await,
+            "jobs" => jobs::run(&plan).await,
+            _ => preinit::run(&plan).await,
         }
         .with_context(|| format!("the {name} section failed"))?;
         done.push(section);

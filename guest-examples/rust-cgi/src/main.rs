@@ -13,8 +13,20 @@
 //! | `/status/CODE` | an empty response with that status |
 //! | `/trap` | panics (a wasm trap) |
 //! | `/loop` | never returns |
+//! | `/init` | what the `wizer-initialize` export left (`not initialized` unless deployed with `--init`) |
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Set by the initializer: 42 once it ran.
+static INITIALIZED_TO: AtomicU32 = AtomicU32::new(0);
+
+/// The initializer `amphi deploy --init` runs once at deploy. It reads no environment (a CGI
+/// call's environment is its request, read fresh by `main`).
+#[unsafe(export_name = "wizer-initialize")]
+pub extern "C" fn initialize() {
+    INITIALIZED_TO.store(42, Ordering::Relaxed);
+}
 
 fn main() {
     let path = std::env::var("PATH_INFO").unwrap_or_else(|_| "/".into());
@@ -61,6 +73,11 @@ fn main() {
                 eprintln!("cgi line {i} to stderr");
             }
             let _ = write!(out, "Content-Type: text/plain\r\n\r\nlogged {lines}\n");
+        }
+        "/init" => {
+            let value = INITIALIZED_TO.load(Ordering::Relaxed);
+            let text = if value == 0 { "not initialized".to_string() } else { format!("initialized to {value}") };
+            let _ = write!(out, "Content-Type: text/plain\r\n\r\n{text}\n");
         }
         "/trap" => panic!("the guest was asked to trap"),
         "/loop" => {

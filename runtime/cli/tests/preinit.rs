@@ -165,3 +165,25 @@ async fn the_cli_deploys_with_init_and_describes_it() {
     assert!(!wrong.status.success());
     assert!(support::stderr(&wrong).contains("has no export `setup`"), "{}", support::stderr(&wrong));
 }
+
+/// A preview1 CGI module is pre-initialized too: the initializer's state is there, and the
+/// request's CGI variables are still read fresh in each call.
+#[tokio::test]
+async fn a_cgi_module_is_pre_initialized() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    let digest = upload(&server, amphi_guest_artifacts::RUST_CGI_MODULE).await;
+    let (status, _) = put(&server, "plain", &digest, json!({})).await;
+    assert_eq!(status, 201);
+    assert_eq!(server.get("plain", "/init").await.text().await.expect("body"), "not initialized\n");
+
+    let (status, deployed) = put(&server, "cgi", &digest, json!({ "init": "wizer-initialize" })).await;
+    assert_eq!(status, 201, "{deployed}");
+    assert_eq!(deployed["init"]["export"], "wizer-initialize");
+    assert_eq!(server.get("cgi", "/init").await.text().await.expect("body"), "initialized to 42\n");
+    let echoed =
+        server.http.post(server.fn_url("cgi", "/echo?q=1")).body("payload").send().await.expect("call");
+    assert_eq!(echoed.status(), 200);
+    assert_eq!(header(&echoed, "x-echo-query"), "q=1");
+    assert_eq!(echoed.text().await.expect("body"), "payload");
+}
