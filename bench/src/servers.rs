@@ -141,16 +141,8 @@ impl Default for GatewayOptions {
 /// The `wasmtime` CLI at the pinned version: on `PATH`, in `~/.cargo/bin`, or installed now with
 /// `cargo install --locked wasmtime-cli@48.0.8` (several minutes, once).
 pub fn wasmtime_cli() -> Result<PathBuf> {
-    let candidates = [
-        PathBuf::from("wasmtime"),
-        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/wasmtime")).unwrap_or_default(),
-    ];
-    for candidate in &candidates {
-        if let Ok(output) = Command::new(candidate).arg("--version").output()
-            && String::from_utf8_lossy(&output.stdout).contains(WASMTIME_VERSION)
-        {
-            return Ok(candidate.clone());
-        }
+    if let Some(installed) = installed_wasmtime_cli() {
+        return Ok(installed);
     }
     eprintln!(
         "==> installing wasmtime-cli {WASMTIME_VERSION} (cargo install --locked; several minutes, once)"
@@ -162,7 +154,21 @@ pub fn wasmtime_cli() -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo install --locked wasmtime-cli@{WASMTIME_VERSION} failed");
     }
-    Ok(candidates[1].clone())
+    installed_wasmtime_cli().context("cargo install succeeded, yet no wasmtime of that version is found")
+}
+
+/// The wasmtime CLI of [`WASMTIME_VERSION`], if it is installed (on `PATH` or in `~/.cargo/bin`).
+pub fn installed_wasmtime_cli() -> Option<PathBuf> {
+    let candidates = [
+        PathBuf::from("wasmtime"),
+        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/wasmtime")).unwrap_or_default(),
+    ];
+    candidates.into_iter().find(|candidate| {
+        Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(WASMTIME_VERSION))
+    })
 }
 
 /// The gateway's admin API.

@@ -664,9 +664,18 @@ fn describe_init(init: &Value) -> String {
     format!(
         "pre-initialized by `{export}`, init took {} ms, snapshot {}{}",
         init["init_ms"],
-        format_bytes(init["size"].as_u64().unwrap_or(0)),
+        approximate_size(init["size"].as_u64().unwrap_or(0)),
         if init["reused"] == true { " (reused: the initializer did not run for this version)" } else { "" }
     )
+}
+
+/// `12.0 MiB`, `676 KiB`: a size read at a glance (exact sizes are in `--json`).
+fn approximate_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.0} KiB", b as f64 / (1 << 10) as f64),
+        b => format!("{b} B"),
+    }
 }
 
 pub async fn remove(client: &Client, args: NameArgs) -> Result<ExitCode> {
