@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::json;
+use wasm_encoder::Section as _;
 
 use crate::load::{Percentiles, WrkRun, call_ok, wrk};
 use crate::report::{BarGroup, Chart, Goal, Section};
@@ -265,26 +266,9 @@ pub async fn startup(plan: &Plan) -> Result<Section> {
 
 /// `wasm` with a custom section appended: the same code under a new digest.
 fn with_custom_section(wasm: &[u8], name: &str) -> Vec<u8> {
-    let mut payload = Vec::new();
-    leb128(&mut payload, name.len() as u64);
-    payload.extend_from_slice(name.as_bytes());
     let mut out = wasm.to_vec();
-    out.push(0); // custom section
-    leb128(&mut out, payload.len() as u64);
-    out.extend_from_slice(&payload);
+    wasm_encoder::CustomSection { name: name.into(), data: (&[][..]).into() }.append_to(&mut out);
     out
-}
-
-fn leb128(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// The gateway's serving choices, each turned off in turn: what each is worth here.

@@ -36,6 +36,23 @@
 //! process starts, before the server listens (so before the instance reports ready). Either way a
 //! handler finds what it set; nothing a handler writes is seen by the next call on wasm.
 //!
+//! ```no_run
+//! use std::sync::OnceLock;
+//! use amphi_sdk::{Request, Response};
+//!
+//! static WORDS: OnceLock<Vec<String>> = OnceLock::new();
+//!
+//! fn setup() {
+//!     WORDS.get_or_init(|| (0..10_000).map(|n| format!("word{n}")).collect());
+//! }
+//!
+//! fn handle(_req: Request) -> Response {
+//!     Response::text(format!("{} words\n", WORDS.get().map_or(0, Vec::len)))
+//! }
+//!
+//! amphi_sdk::main!(handle, init = setup);
+//! ```
+//!
 //! The invocation contract the platform keeps (metadata, limits, errors, logs) is `CONTRACT.md` at
 //! the root of the Amphi repository. What the SDK adds to it:
 //! - the function's configured environment is visible through [`std::env`] on both backends;
@@ -77,17 +94,18 @@ pub use response::{Body, Response};
 /// ```
 #[macro_export]
 macro_rules! main {
+    // The `async` arms come first: a `path` fragment cannot start with the keyword.
     (async $handler:path, init = $init:path) => {
         $crate::__entry!(async $handler);
-        $crate::__initializer!($init);
-    };
-    ($handler:path, init = $init:path) => {
-        $crate::__entry!(sync $handler);
         $crate::__initializer!($init);
     };
     (async $handler:path) => {
         $crate::__entry!(async $handler);
         $crate::__initializer!();
+    };
+    ($handler:path, init = $init:path) => {
+        $crate::__entry!(sync $handler);
+        $crate::__initializer!($init);
     };
     ($handler:path) => {
         $crate::__entry!(sync $handler);

@@ -178,6 +178,15 @@ async fn static_binary_in_a_scratch_image() {
     let legacy = server.get("legacy", "/").await;
     assert_eq!(legacy.status(), 200);
     assert!(legacy.text().await.expect("body").starts_with("hello from a static binary"));
+    // Pre-initialization is for wasm; a container initializes in its own process.
+    let init = server.cli(&["deploy", "legacy", "--image", "amphi-test/prebuilt:1.2", "--init"]);
+    assert!(!init.status.success());
+    assert!(stderr(&init).contains("init (pre-initialization) is for wasm functions"), "{}", stderr(&init));
+    assert_eq!(
+        server.describe("legacy").await["function"]["version"],
+        1,
+        "the refused deploy changed nothing"
+    );
     let missing = server.cli(&["deploy", "ghost", "--image", "amphi-test/no-such-image:0"]);
     assert!(!missing.status.success());
     assert!(

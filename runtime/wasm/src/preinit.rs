@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use amphi_contract::record::LogStream;
 use amphi_contract::{ArtifactKind, FunctionConfig};
+use wasm_encoder::Section as _;
 use wasmparser::{Parser, Payload};
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, Linker, Module};
@@ -258,27 +259,9 @@ fn take_limits(limits: CallLimits) -> LimitsHit {
     LimitsHit { deadline: limits.deadline_exceeded, memory: limits.memory_exceeded || limits.budget_exceeded }
 }
 
-/// Appends a custom section (id 0) to a module or component: valid at the end of either.
+/// Appends a custom section to a module or component: valid at the end of either.
 fn append_custom_section(wasm: &mut Vec<u8>, name: &str, data: &[u8]) {
-    let mut body = Vec::new();
-    leb128(&mut body, name.len() as u64);
-    body.extend_from_slice(name.as_bytes());
-    body.extend_from_slice(data);
-    wasm.push(0);
-    leb128(wasm, body.len() as u64);
-    wasm.extend_from_slice(&body);
-}
-
-fn leb128(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+    wasm_encoder::CustomSection { name: name.into(), data: data.into() }.append_to(wasm);
 }
 
 /// Splits what an initializer wrote into lines, by stream.
