@@ -142,6 +142,17 @@ async fn a_failing_initializer_fails_the_deploy_and_changes_nothing() {
     }
     let body = server.get("f", "/").await.text().await.expect("body");
     assert!(body.starts_with("table ready"), "{body}");
+    // What a failing initializer wrote is in the log: the panic message says why.
+    server
+        .wait_for("/logs?function=f", |v| {
+            v.as_array().is_some_and(|lines| {
+                lines.iter().any(|l| {
+                    l["stream"] == "init"
+                        && l["line"].as_str().is_some_and(|t| t.contains("the initializer gave up"))
+                })
+            })
+        })
+        .await;
 
     // An empty export name is refused before anything runs.
     let (status, problem) = put(&server, "f", &digest, json!({ "init": "" })).await;

@@ -187,6 +187,7 @@ impl WasmBackend {
             (source, false) => {
                 let slot = self.compiling.acquire().await.map_err(|e| refused(e.to_string()))?;
                 let (http_linker, cgi_linker) = self.preparer.linkers();
+                let held = output::OutputTarget::pending();
                 let job = preinit::InitJob {
                     engine: self.preparer.engine().clone(),
                     kind,
@@ -194,19 +195,23 @@ impl WasmBackend {
                     export: export.clone(),
                     config: config.clone(),
                     budget: self.ready.budget.clone(),
+                    output: held.clone(),
                     http_linker,
                     cgi_linker,
                 };
                 self.initializer_runs.fetch_add(1, Ordering::Relaxed);
                 let ran = job.run().await;
                 drop(slot);
-                let run = ran.map_err(|e| match e {
-                    preinit::InitError::Platform(e) => BackendError::new(ProblemKind::Internal, e),
-                    refusal => refused(refusal.to_string()),
-                })?;
-                for (stream, line) in preinit::lines_of(&run.output) {
+                for (stream, line) in preinit::lines_of(&held.take_held()) {
                     output(stream, &line);
                 }
+                let run = ran.map_err(|e| {
+                    output(LogStream::Platform, &format!("the deploy failed: {e}"));
+                    match e {
+                        preinit::InitError::Platform(e) => BackendError::new(ProblemKind::Internal, e),
+                        refusal => refused(refusal.to_string()),
+                    }
+                })?;
                 output(
                     LogStream::Platform,
                     &format!("initializer `{export}` ran in {} ms", run.took.as_millis()),

@@ -75,8 +75,6 @@ pub struct InitRun {
     pub snapshot: Vec<u8>,
     /// How long the initializer ran.
     pub took: Duration,
-    /// What it wrote, by stream, in order.
-    pub output: Vec<(LogStream, Vec<u8>)>,
 }
 
 /// The digest a snapshot is stored under: of the artifact, the export, the env, the memory limit
@@ -149,6 +147,9 @@ pub(crate) struct InitJob {
     /// The function's config: env and memory limit, `init_timeout_ms`.
     pub(crate) config: FunctionConfig,
     pub(crate) budget: Arc<MemoryBudget>,
+    /// Where the initializer's stdout and stderr are held, for the caller to log whatever the
+    /// outcome (a failing initializer's output says why).
+    pub(crate) output: OutputTarget,
     pub(crate) http_linker: ComponentLinker<HttpState>,
     pub(crate) cgi_linker: Linker<CgiState>,
 }
@@ -180,7 +181,7 @@ impl InitJob {
         let deadline = Instant::now() + timeout;
         // No network while initializing, whatever the function may reach when called.
         let config = FunctionConfig { allowed_outbound_hosts: Vec::new(), ..self.config.clone() };
-        let output = OutputTarget::pending();
+        let output = &self.output;
         let mut wizer = Wizer::new();
         // Kept: the component's own export of it stays valid; Amphi never calls it again.
         wizer.init_func(self.export.clone()).keep_init_func(true);
@@ -213,7 +214,7 @@ impl InitJob {
                 (ran, take_limits(store.into_data().limits))
             }
             _ => {
-                let mut store = new_http_store(&self.engine, &config, &output, deadline, &self.budget);
+                let mut store = new_http_store(&self.engine, &config, output, deadline, &self.budget);
                 let run = async {
                     let (cx, instrumented) = wizer.instrument_component(&self.bytes)?;
                     let component = Component::new(&self.engine, &instrumented)?;
@@ -245,7 +246,7 @@ impl InitJob {
         };
         let mut snapshot = snapshot;
         append_custom_section(&mut snapshot, INIT_SECTION, took.as_millis().to_string().as_bytes());
-        Ok(InitRun { snapshot, took, output: output.take_held() })
+        Ok(InitRun { snapshot, took })
     }
 }
 
