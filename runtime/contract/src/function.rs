@@ -445,8 +445,8 @@ pub struct FunctionVersion {
 pub struct InitSnapshot {
     /// The export that ran.
     pub export: String,
-    /// `sha256:<hex>` of what made the snapshot (artifact, export, env, engine), under which it
-    /// is stored: the same inputs give the same snapshot, so it is made once.
+    /// `sha256:<hex>` of what made the snapshot (artifact, export, env, memory limit, engine),
+    /// under which it is stored: the same inputs give the same snapshot, so it is made once.
     pub digest: String,
     /// How long the initializer ran, in milliseconds.
     pub init_ms: u64,

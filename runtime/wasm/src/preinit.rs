@@ -232,7 +232,7 @@ impl InitJob {
             }
         };
         let export = self.export;
-        let snapshot = match ran {
+        let mut snapshot = match ran {
             Err(_elapsed) => return Err(InitError::Timeout { export, timeout_ms: config.init_timeout_ms }),
             Ok(Err(_)) if limits.deadline => {
                 return Err(InitError::Timeout { export, timeout_ms: config.init_timeout_ms });
@@ -244,7 +244,6 @@ impl InitJob {
             Ok(Err(error)) => return Err(InitError::Failed { export, detail: format!("{error:#}") }),
             Ok(Ok(snapshot)) => snapshot,
         };
-        let mut snapshot = snapshot;
         append_custom_section(&mut snapshot, INIT_SECTION, took.as_millis().to_string().as_bytes());
         Ok(InitRun { snapshot, took })
     }
