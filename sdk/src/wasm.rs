@@ -52,10 +52,11 @@ static PRE_INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// memory, so handles opened while initializing would name nothing in an instance made from the
 /// snapshot. Hence the initializer has them opened first, at the numbers a call can open them at
 /// again: handles 1 and 2 are held (a call's request and response-outparam take them), and the
-/// first write to stdout then to stderr leaves the adapter holding handles 3 to 5 (stdout, one
-/// more stdout stream, stderr: what the adapter bundled with Amphi 48 does, checked by
-/// `runtime/cli/tests/preinit.rs`). Every call of a pre-initialized instance opens the same
-/// three first ([`restore_stdio_handles`]).
+/// first write to stdout then to stderr leaves handles 3 to 5 taken (stdout at 3, stderr at 5,
+/// and 4 between them, taken by the adapter with stdout). That is what probing the adapter
+/// bundled with wasmtime 48 showed; `runtime/cli/tests/preinit.rs` fails if it changes. Every
+/// call of a pre-initialized instance opens three streams first, so those numbers name live
+/// streams again ([`restore_stdio_handles`]).
 pub fn run_initializer(init: fn()) {
     let placeholders = [Fields::new(), Fields::new()];
     // Empty writes: the adapter opens each stream on its first write, in this order.
@@ -68,8 +69,9 @@ pub fn run_initializer(init: fn()) {
     let _ = std::io::stdout().flush();
 }
 
-/// Opens stdout and stderr at the handles the adapter kept from the initializer (3 to 5, after the
-/// call's request and response-outparam); they stay open for the instance's life.
+/// Opens stdout, stdout again and stderr, at handles 3 to 5 (after the call's request and
+/// response-outparam), where the adapter kept its streams from the initializer; they stay open
+/// for the instance's life.
 fn restore_stdio_handles() {
     std::mem::forget(wasip2::cli::stdout::get_stdout());
     std::mem::forget(wasip2::cli::stdout::get_stdout());
