@@ -28,9 +28,17 @@ fn build() -> Result<(), ToolchainError> {
         .unwrap_or_else(|| workspace_root.join("target"))
         .join("wasm-guests");
 
-    for watched in
-        ["Cargo.toml", "Cargo.lock", "rust-http", "rust-cgi", "c-cgi", "sdk-hello", "sdk-init", "conformance"]
-    {
+    for watched in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "rust-http",
+        "rust-p3",
+        "rust-cgi",
+        "c-cgi",
+        "sdk-hello",
+        "sdk-init",
+        "conformance",
+    ] {
         println!("cargo:rerun-if-changed={}", guests.join(watched).display());
     }
     println!("cargo:rerun-if-changed={}", workspace_root.join("sdk").display());
@@ -45,6 +53,13 @@ fn build() -> Result<(), ToolchainError> {
     let component_path = target_dir.join("rust-http.component.wasm");
     write(&component_path, &component)?;
     export("RUST_HTTP_COMPONENT", &component_path);
+
+    // WASI 0.3: async exports lifted with the component-model-async ABI; std's preview1 calls
+    // (stdout, environment) still go through the reactor adapter to WASI 0.2.
+    let p3_core = toolchain.build_wasm(&guests, &target_dir, "rust-p3", None)?;
+    let p3_path = target_dir.join("rust-p3.component.wasm");
+    write(&p3_path, &amphi_toolchain::componentize(&read(&p3_core)?, Adapter::Reactor)?)?;
+    export("RUST_P3_COMPONENT", &p3_path);
 
     export("RUST_CGI_MODULE", &toolchain.build_wasm(&guests, &target_dir, "rust-cgi", Some("rust-cgi"))?);
 

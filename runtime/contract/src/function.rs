@@ -24,6 +24,9 @@ impl InvalidConfig {
 pub enum ArtifactKind {
     /// A WASI 0.2 component exporting `wasi:http/incoming-handler`.
     WasiHttpComponent,
+    /// A WASI 0.3 component exporting `wasi:http/handler@0.3.x` (async, bodies as streams).
+    #[serde(rename = "wasi-http-0.3-component")]
+    WasiHttp3Component,
     /// A WASI preview1 command module speaking CGI 1.1 over stdio.
     CgiModule,
     /// A container image on the Docker engine, serving HTTP on `$PORT` or CGI over stdio.
@@ -35,6 +38,7 @@ impl ArtifactKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WasiHttpComponent => "wasi-http-component",
+            Self::WasiHttp3Component => "wasi-http-0.3-component",
             Self::CgiModule => "cgi-module",
             Self::ContainerImage => "container-image",
         }
@@ -42,7 +46,7 @@ impl ArtifactKind {
 
     /// Parses [`ArtifactKind::as_str`] back.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::WasiHttpComponent, Self::CgiModule, Self::ContainerImage]
+        [Self::WasiHttpComponent, Self::WasiHttp3Component, Self::CgiModule, Self::ContainerImage]
             .into_iter()
             .find(|k| k.as_str() == text)
     }
@@ -80,6 +84,65 @@ pub struct FunctionConfig {
     pub init: Option<String>,
     /// Longest the initializer may run at deploy, in milliseconds.
     pub init_timeout_ms: u64,
+    /// Instance reuse, for WASI 0.3 components only (CONTRACT.md §6). Unset: a fresh instance
+    /// for every request, as for every other wasm function.
+    pub reuse: Option<ReuseConfig>,
+}
+
+/// How a WASI 0.3 function's instances serve more than one request (the knobs `wasmtime serve`
+/// and Spin expose). State a call leaves in the instance is then seen by the calls after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReuseConfig {
+    /// Requests one instance serves in all before it is retired.
+    pub max_requests: u32,
+    /// Requests one instance serves at once (the guest's own async tasks interleave them).
+    pub max_concurrent: u32,
+    /// An instance with no request for this long is dropped, in milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ReuseConfig {
+    fn default() -> Self {
+        Self { max_requests: 128, max_concurrent: 16, idle_timeout_ms: 10_000 }
+    }
+}
+
+impl ReuseConfig {
+    /// Most requests an instance may be asked to serve in all.
+    pub const MAX_REQUESTS: u32 = 1_000_000;
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.max_requests == 0 || self.max_requests > Self::MAX_REQUESTS {
+            return Err(InvalidConfig(format!(
+                "reuse.max_requests must be 1 to {}, got {}",
+                Self::MAX_REQUESTS,
+                self.max_requests
+            )));
+        }
+        if self.max_concurrent == 0 || self.max_concurrent > self.max_requests {
+            return Err(InvalidConfig(format!(
+                "reuse.max_concurrent must be 1 to reuse.max_requests ({}), got {}",
+                self.max_requests, self.max_concurrent
+            )));
+        }
+        if self.idle_timeout_ms == 0
+            || Duration::from_millis(self.idle_timeout_ms) > FunctionConfig::MAX_TIMEOUT
+        {
+            return Err(InvalidConfig(format!(
+                "reuse.idle_timeout_ms must be between 1ms and {}s, got {}ms",
+                FunctionConfig::MAX_TIMEOUT.as_secs(),
+                self.idle_timeout_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// The idle timeout as a [`Duration`].
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
 }
 
 /// A kind of failed attempt a job may be retried on.
@@ -328,6 +391,7 @@ impl Default for FunctionConfig {
             retry: RetryConfig::default(),
             init: None,
             init_timeout_ms: 60_000,
+            reuse: None,
         }
     }
 }
@@ -362,6 +426,17 @@ impl FunctionConfig {
             .map_err(|e| InvalidConfig(format!("cannot represent the config: {e}")))?;
         json_patch::merge(&mut config, patch);
         serde_json::from_value(config).map_err(|e| InvalidConfig(format!("invalid config: {e}")))
+    }
+
+    /// Checks what of the config depends on the kind of artifact it runs.
+    pub fn check_kind(&self, kind: ArtifactKind) -> Result<(), InvalidConfig> {
+        if self.reuse.is_some() && kind != ArtifactKind::WasiHttp3Component {
+            return Err(InvalidConfig(format!(
+                "reuse is for WASI 0.3 components only; this artifact is a {}, which gets a fresh instance per request",
+                kind.as_str()
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the config on its own; backends check what depends on them (such as memory ceilings).
@@ -414,6 +489,9 @@ impl FunctionConfig {
                 Self::MAX_TIMEOUT.as_secs(),
                 self.init_timeout_ms
             )));
+        }
+        if let Some(reuse) = &self.reuse {
+            reuse.validate()?;
         }
         self.retry.validate()?;
         self.container.validate()

@@ -30,6 +30,7 @@ pub use call::{Call, Completer, Completion, Ending, StartFacts};
 pub use capture::{CaptureCounts, LogCapture, TelemetrySink, now_unix_us};
 pub use function::{
     ArtifactKind, FunctionConfig, FunctionVersion, InitSnapshot, InvalidConfig, RetryConfig, RetryOn,
+    ReuseConfig,
 };
 pub use problem::{Problem, ProblemKind};
 pub use record::{BackendKind, InvocationRecord, JobRef, LogLine, LogStream, Outcome, StartKind};

@@ -416,8 +416,9 @@ impl Platform {
             .await?
             .ok_or_else(|| unknown(&digest))?;
         let backend = self.backend_for(artifact.kind).map_err(internal)?;
-        backend
-            .check_config(&config)
+        config
+            .check_kind(artifact.kind)
+            .and_then(|()| backend.check_config(&config))
             .map_err(|e| Problem::new(ProblemKind::UnprocessableEntity, e.to_string()))?;
         let init = match &config.init {
             Some(_) => Some(self.pre_initialize(backend, &name, &artifact, &config).await?),

@@ -4,6 +4,9 @@
 
 /// `guest-examples/rust-http` as a `wasi:http/incoming-handler` component.
 pub const RUST_HTTP_COMPONENT: &str = env!("AMPHI_GUEST_RUST_HTTP_COMPONENT");
+/// `guest-examples/rust-p3` as a `wasi:http/handler@0.3.0` component (WASI 0.3); also the
+/// conformance suite's `p3-wasm` binding.
+pub const RUST_P3_COMPONENT: &str = env!("AMPHI_GUEST_RUST_P3_COMPONENT");
 /// `guest-examples/rust-cgi` as a preview1 command module speaking CGI.
 pub const RUST_CGI_MODULE: &str = env!("AMPHI_GUEST_RUST_CGI_MODULE");
 /// `guest-examples/c-cgi` (C, wasi-libc) as a preview1 command module speaking CGI.

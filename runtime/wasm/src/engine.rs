@@ -79,6 +79,8 @@ pub(crate) fn base_config(settings: &WasmSettings) -> Config {
     config.epoch_interruption(true);
     config.memory_init_cow(true);
     config.wasm_component_model(true);
+    // WASI 0.3: async lifts and lowers, streams and futures.
+    config.wasm_component_model_async(true);
     if !settings.guard_pages {
         config.signals_based_traps(false);
         config.memory_guard_size(0);

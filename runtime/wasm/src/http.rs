@@ -9,13 +9,14 @@ use amphi_contract::{BackendError, BackendResponse, BoxError, Call, Completion, 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::handler::Proxy;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::failure::{classify_failure, deadline_exceeded};
 use crate::offload::AbortOnDrop;
 use crate::output::OutputTarget;
-use crate::ready::{ReadyInstance, ReadyInstances};
+use crate::ready::{InstancePre, ReadyInstance, ReadyInstances};
 use crate::state::{HttpState, new_http_store};
 
 /// Serves one request with a fresh instance of `pre`: one of `instances`, made before the
@@ -38,13 +39,14 @@ pub async fn invoke(
     let init_started = Instant::now();
     let function = call.function.clone();
     let (mut store, ready_proxy) = match instances.take(&function) {
-        Some(ReadyInstance { mut store, proxy, output }) => {
+        Some(ReadyInstance { mut store, proxy: Proxy::P2(proxy), output }) => {
             output.bind(call.log.clone());
             store.data_mut().limits.set_deadline(call.deadline);
             store.set_epoch_deadline(1);
             (store, Some(proxy))
         }
-        None => {
+        // None ready (or one of another kind, which cannot happen for one function version).
+        _ => {
             let output = OutputTarget::bound(call.log.clone());
             let store = new_http_store(
                 pre.engine(),
@@ -136,7 +138,7 @@ pub async fn invoke(
         // single-threaded worker it would otherwise wait for the store to be dropped.
         tokio::task::yield_now().await;
         drop(store);
-        instances.replenish(&function, &pre);
+        instances.replenish(&function, &InstancePre::P2(pre));
         ended
     })));
 

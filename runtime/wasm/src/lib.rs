@@ -5,6 +5,8 @@
 //! nothing leaks from one call to the next. For functions called recently, that instance is made
 //! before the request arrives ([`ready`]). Two bindings of the one contract:
 //! - [`http`]: components exporting `wasi:http/incoming-handler` (WASI 0.2), streaming bodies;
+//! - [`service`]: components exporting `wasi:http/handler@0.3` (WASI 0.3), async, with opt-in
+//!   instance reuse;
 //! - [`cgi`]: WASI preview1 command modules speaking CGI 1.1 over stdio.
 //!
 //! Guests get no filesystem, no environment and no network unless their config grants them
@@ -23,6 +25,7 @@ pub mod output;
 pub mod preinit;
 pub mod prepare;
 pub mod ready;
+pub mod service;
 pub mod state;
 
 use std::sync::Arc;
@@ -93,6 +96,8 @@ pub struct WasmBackend {
     guests: Arc<offload::GuestPool>,
     /// Initializers run since start.
     initializer_runs: std::sync::atomic::AtomicU64,
+    /// The dispatchers of WASI 0.3 functions.
+    services: Arc<service::Services>,
 }
 
 impl WasmBackend {
@@ -104,6 +109,7 @@ impl WasmBackend {
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         let budget = Arc::new(limits::MemoryBudget::new(settings.memory_budget_bytes));
         let ready = Arc::new(ReadyInstances::new(settings.ready, budget));
+        let services = Arc::new(service::Services::new(settings.ready.functions.max(1)));
         let compiling =
             tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from));
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
@@ -119,6 +125,7 @@ impl WasmBackend {
             compiling,
             guests,
             initializer_runs: Default::default(),
+            services,
         })
     }
 
@@ -267,7 +274,10 @@ impl Backend for WasmBackend {
     }
 
     fn serves(&self, kind: ArtifactKind) -> bool {
-        matches!(kind, ArtifactKind::WasiHttpComponent | ArtifactKind::CgiModule)
+        matches!(
+            kind,
+            ArtifactKind::WasiHttpComponent | ArtifactKind::WasiHttp3Component | ArtifactKind::CgiModule
+        )
     }
 
     fn prepare_upload(
@@ -308,6 +318,7 @@ impl Backend for WasmBackend {
         let max_cgi_response = self.settings.max_cgi_response_bytes;
         let budget = self.ready.budget.clone();
         let guests = self.guests.clone();
+        let services = self.services.clone();
         Box::pin(async move {
             // A pre-initialized function's instances start from its snapshot.
             let code = call.function.init.as_ref().map_or(&call.function.digest, |init| &init.digest);
@@ -341,6 +352,9 @@ impl Backend for WasmBackend {
                 Prepared::Http(pre) => {
                     http::invoke(pre.clone(), ready, guests, call, request, code_load).await
                 }
+                Prepared::Service(pre) => {
+                    service::invoke(&services, pre.clone(), ready, call, request, code_load).await
+                }
                 Prepared::Cgi(pre) => {
                     cgi::invoke(pre.clone(), call, request, code_load, max_cgi_response, budget, guests).await
                 }
@@ -352,6 +366,7 @@ impl Backend for WasmBackend {
         // Compiled forms are cached by artifact digest, which other functions may share; an
         // unused one ages out of the bounded cache. Ready instances belong to the version.
         self.ready.retire(function);
+        self.services.retire(function);
     }
 }
 

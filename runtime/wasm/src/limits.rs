@@ -91,6 +91,11 @@ impl CallLimits {
         self.deadline = deadline;
     }
 
+    /// The deadline now.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Called on every epoch tick while the guest runs: yield to other tasks, or stop the guest
     /// when its deadline has passed.
     pub fn on_epoch(&mut self) -> UpdateDeadline {

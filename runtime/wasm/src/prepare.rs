@@ -16,13 +16,16 @@ use wasmparser::Parser;
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, InstancePre, Linker, Module};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::state::{CgiState, HttpState};
 
-/// A function prepared for instantiation (its `InstancePre` or `ProxyPre`).
+/// A function prepared for instantiation (its `InstancePre`, `ProxyPre` or `ServicePre`).
 pub enum Prepared {
-    /// A `wasi:http` component.
+    /// A `wasi:http@0.2` component.
     Http(ProxyPre<HttpState>),
+    /// A `wasi:http@0.3` component.
+    Service(ServicePre<HttpState>),
     /// A preview1 CGI command module.
     Cgi(InstancePre<CgiState>),
 }
@@ -72,10 +75,13 @@ impl Preparer {
     /// A preparer for `engine`, storing compiled code in `artifacts`.
     pub fn new(engine: Engine, artifacts: Arc<Artifacts>, cache_entries: u64) -> wasmtime::Result<Self> {
         let mut http_linker = ComponentLinker::new(&engine);
-        // The full WASI 0.2 surface, so components built for wasm32-wasip2 link too; nothing is
-        // granted by it (no preopened dirs, no sockets) unless the function's config says so.
+        // The full WASI 0.2 and 0.3 surfaces, so components built for wasm32-wasip2 link too,
+        // and WASI 0.3 components that still reach WASI 0.2 for std's stdio; nothing is granted
+        // by them (no preopened dirs, no sockets) unless the function's config says so.
         wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)?;
+        wasmtime_wasi::p3::add_to_linker(&mut http_linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut http_linker)?;
         let mut cgi_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut cgi_linker, |state: &mut CgiState| &mut state.wasi)?;
 
@@ -113,10 +119,16 @@ impl Preparer {
         (self.http_linker.clone(), self.cgi_linker.clone())
     }
 
-    /// Detects how `bytes` speak the contract, without compiling.
+    /// Detects how `bytes` speak the contract, without compiling: a component exporting
+    /// `wasi:http/handler@0.3.x` is a WASI 0.3 one, any other component is taken for WASI 0.2
+    /// (linking it says what is missing).
     pub fn detect_kind(bytes: &[u8]) -> Result<ArtifactKind, PrepareError> {
         if Parser::is_component(bytes) {
-            Ok(ArtifactKind::WasiHttpComponent)
+            if exports_p3_handler(bytes) {
+                Ok(ArtifactKind::WasiHttp3Component)
+            } else {
+                Ok(ArtifactKind::WasiHttpComponent)
+            }
         } else if Parser::is_core_wasm(bytes) {
             Ok(ArtifactKind::CgiModule)
         } else {
@@ -191,6 +203,10 @@ impl Preparer {
                 let component = unsafe { Component::deserialize(&self.engine, code) }.map_err(invalid)?;
                 self.link_component(&component)
             }
+            ArtifactKind::WasiHttp3Component => {
+                let component = unsafe { Component::deserialize(&self.engine, code) }.map_err(invalid)?;
+                self.link_service(&component)
+            }
             ArtifactKind::CgiModule => {
                 let module = unsafe { Module::deserialize(&self.engine, code) }.map_err(invalid)?;
                 self.link_module(&module)
@@ -211,6 +227,18 @@ impl Preparer {
             ))
         })?;
         Ok(Prepared::Http(proxy))
+    }
+
+    fn link_service(&self, component: &Component) -> Result<Prepared, PrepareError> {
+        let pre = self.http_linker.instantiate_pre(component).map_err(|e| {
+            PrepareError::Unsupported(format!(
+                "the component imports something Amphi does not provide: {e:#}"
+            ))
+        })?;
+        let service = ServicePre::new(pre).map_err(|e| {
+            PrepareError::Unsupported(format!("the component does not export wasi:http/handler@0.3: {e:#}"))
+        })?;
+        Ok(Prepared::Service(service))
     }
 
     fn link_module(&self, module: &Module) -> Result<Prepared, PrepareError> {
@@ -237,12 +265,33 @@ pub fn compile_serialized(
 ) -> Result<Vec<u8>, PrepareError> {
     let invalid = |e: wasmtime::Error| PrepareError::Invalid(format!("{e:#}"));
     match kind {
-        ArtifactKind::WasiHttpComponent => {
+        ArtifactKind::WasiHttpComponent | ArtifactKind::WasiHttp3Component => {
             Component::new(engine, bytes).and_then(|c| c.serialize()).map_err(invalid)
         }
         ArtifactKind::CgiModule => Module::new(engine, bytes).and_then(|m| m.serialize()).map_err(invalid),
         ArtifactKind::ContainerImage => Err(not_wasm()),
     }
+}
+
+/// Whether the component `bytes` exports `wasi:http/handler@0.3.x` at its top level.
+fn exports_p3_handler(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { return false };
+        match payload {
+            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => {
+                depth += 1
+            }
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
+                if exports.into_iter().flatten().any(|e| e.name.name.starts_with("wasi:http/handler@0.3.")) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 fn not_wasm() -> PrepareError {

@@ -13,7 +13,8 @@
 //! slots: a sweeper thread has the cache drop expired entries, since the cache itself only does
 //! so while it is being used.
 //!
-//! CGI modules get none: their environment and stdin are the request itself.
+//! CGI modules get none: their environment and stdin are the request itself. WASI 0.2 and 0.3
+//! components both do ([`InstancePre`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use amphi_contract::FunctionVersion;
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::handler::Proxy;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::output::OutputTarget;
 use crate::state::{HttpState, new_http_store};
@@ -43,11 +46,38 @@ impl Default for ReadySettings {
     }
 }
 
+/// What a `wasi:http` instance is made from: a WASI 0.2 or a WASI 0.3 component.
+#[derive(Clone)]
+pub enum InstancePre {
+    /// `wasi:http/incoming-handler@0.2`.
+    P2(ProxyPre<HttpState>),
+    /// `wasi:http/handler@0.3`.
+    P3(ServicePre<HttpState>),
+}
+
+impl InstancePre {
+    /// The engine it was compiled for.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Self::P2(pre) => pre.engine(),
+            Self::P3(pre) => pre.engine(),
+        }
+    }
+
+    /// A new instance in `store`.
+    pub async fn instantiate(&self, store: &mut Store<HttpState>) -> wasmtime::Result<Proxy> {
+        match self {
+            Self::P2(pre) => pre.instantiate_async(store).await.map(Proxy::P2),
+            Self::P3(pre) => pre.instantiate_async(store).await.map(Proxy::P3),
+        }
+    }
+}
+
 /// A fresh instance with its store, not yet given a request.
 pub struct ReadyInstance {
     /// The store, its limits set for the function; the deadline is set when a call takes it.
     pub store: Store<HttpState>,
-    /// The instance.
+    /// The instance (of the kind its function's [`InstancePre`] makes).
     pub proxy: Proxy,
     /// Where its output goes once a call takes it.
     pub output: OutputTarget,
@@ -129,7 +159,7 @@ impl ReadyInstances {
     /// Has `function`'s ready instances made up to [`ReadySettings::per_function`], in a task of
     /// its own, unless that is under way. Call it when a call is done: a task spawned while the
     /// call runs would run before the call's own next steps on a single-threaded worker.
-    pub fn replenish(&self, function: &Arc<FunctionVersion>, pre: &ProxyPre<HttpState>) {
+    pub fn replenish(&self, function: &Arc<FunctionVersion>, pre: &InstancePre) {
         if self.settings.per_function == 0 {
             return;
         }
@@ -146,7 +176,7 @@ impl ReadyInstances {
                 let output = OutputTarget::pending();
                 let deadline = Instant::now() + function.config.timeout();
                 let mut store = new_http_store(pre.engine(), &function.config, &output, deadline, &budget);
-                match pre.instantiate_async(&mut store).await {
+                match pre.instantiate(&mut store).await {
                     Ok(proxy) => {
                         stats.made_since(started);
                         let ready = ReadyInstance { store, proxy, output };
