@@ -1,4 +1,4 @@
-//! The bindings every case runs against: one function, five ways of reaching the contract.
+//! The bindings every case runs against: one function, six ways of reaching the contract.
 
 use std::path::PathBuf;
 
@@ -41,6 +41,12 @@ pub fn all() -> Vec<Binding> {
             backend: "wasm",
             protocol: "http",
             source: Source::Wasm(guests::CONFORMANCE_SDK_COMPONENT.into()),
+        },
+        Binding {
+            name: "p3-wasm",
+            backend: "wasm",
+            protocol: "http",
+            source: Source::Wasm(guests::RUST_P3_COMPONENT.into()),
         },
         Binding {
             name: "sdk-container",

@@ -3,7 +3,7 @@
 //! Each case is a small TOML file in `cases/`: the function config, the calls to make, and what
 //! each must get back (status, headers, body, problem type, invocation record, log lines). Every
 //! case runs against every binding of [`binding::all`], the same conformance function written
-//! five ways, and [`Matrix`] prints the result, case × binding. A case may expect different
+//! six ways, and [`Matrix`] prints the result, case × binding. A case may expect different
 //! answers from different kinds of binding only where CONTRACT.md says so, and names the clause.
 //!
 //! `cargo test -p amphi-conformance` runs the matrix against a server it starts itself;

@@ -60,7 +60,7 @@ impl wasip3::exports::http::handler::Guest for Handler {
                 .split('&')
                 .filter_map(|pair| pair.split_once('='))
                 .find(|(key, _)| *key == name)
-                .map(|(_, value)| value.to_string())
+                .map(|(_, value)| percent_decode(value))
         };
         let number = |name: &str| param(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let headers = request.get_headers().copy_all();
@@ -236,6 +236,31 @@ async fn read_all(request: Request) -> Vec<u8> {
             return all;
         }
     }
+}
+
+/// `%XX` escapes and `+` decoded, as a form would send them.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() && text.is_char_boundary(i + 3) => {
+                match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn method_name(method: Method) -> String {
