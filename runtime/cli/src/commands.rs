@@ -93,9 +93,32 @@ pub struct DeployArgs {
     /// Longest the initializer may run at deploy (default 60s).
     #[arg(long, value_parser = parse_duration)]
     init_timeout: Option<Duration>,
+    /// Reuse instances (WASI 0.3 components only): `requests=N,concurrent=N,idle=DURATION`, each
+    /// part optional [defaults: requests=128,concurrent=16,idle=10s]. Off without this flag: a
+    /// fresh instance per request.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "SETTINGS", value_parser = parse_reuse)]
+    reuse: Option<serde_json::Map<String, Value>>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `requests=128,concurrent=16,idle=10s` (any part may be left out) as a `reuse` config.
+fn parse_reuse(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let mut reuse = serde_json::Map::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| format!("`{part}` is not KEY=VALUE"))?;
+        let number = || value.parse::<u32>().map_err(|_| format!("`{value}` is not a whole number"));
+        match key {
+            "requests" => reuse.insert("max_requests".into(), json!(number()?)),
+            "concurrent" => reuse.insert("max_concurrent".into(), json!(number()?)),
+            "idle" => {
+                reuse.insert("idle_timeout_ms".into(), json!(parse_duration(value)?.as_millis() as u64))
+            }
+            other => return Err(format!("unknown reuse setting `{other}` (requests, concurrent, idle)")),
+        };
+    }
+    Ok(reuse)
 }
 
 /// `1s..60s`: the first and the largest backoff.
@@ -237,6 +260,9 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> Result<ExitCode> {
     }
     if let Some(timeout) = args.init_timeout {
         config.insert("init_timeout_ms".into(), json!(timeout.as_millis() as u64));
+    }
+    if let Some(reuse) = &args.reuse {
+        config.insert("reuse".into(), Value::Object(reuse.clone()));
     }
     let mut retry = serde_json::Map::new();
     if let Some(attempts) = args.retry_attempts {
@@ -645,6 +671,9 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
     } else {
         out!("outbound:     {}", if hosts.is_empty() { "(denied)".into() } else { hosts.join(" ") });
         out!("init:         {}", describe_init(&f["init"]));
+        if f["kind"] == "wasi-http-0.3-component" {
+            out!("reuse:        {}", describe_reuse(&config["reuse"]));
+        }
     }
     out!("versions:");
     for v in described["versions"].as_array().into_iter().flatten() {
@@ -666,6 +695,17 @@ fn describe_init(init: &Value) -> String {
         init["init_ms"],
         approximate_size(init["size"].as_u64().unwrap_or(0)),
         if init["reused"] == true { " (reused: the initializer did not run for this version)" } else { "" }
+    )
+}
+
+/// `up to 128 requests per instance, 16 at once, dropped after 10000ms idle` or `off`.
+fn describe_reuse(reuse: &Value) -> String {
+    if reuse.is_null() {
+        return "off (a fresh instance per request)".into();
+    }
+    format!(
+        "up to {} requests per instance, {} at once, dropped after {}ms idle",
+        reuse["max_requests"], reuse["max_concurrent"], reuse["idle_timeout_ms"]
     )
 }
 

@@ -89,6 +89,8 @@ async fn a_wasi_03_component_is_served_like_any_other_function() {
     for _ in 0..3 {
         assert_eq!(text(&server, "api", "/state").await, (200, "1".into()));
     }
+    // … and, as for WASI 0.2, instances are made ahead of the calls that take them.
+    server.wait_for("/stats", |stats| stats["wasm"]["ready_hits"].as_u64().unwrap_or(0) >= 1).await;
 
     // Failures are named: a trap, the timeout, the memory limit.
     let trapped = server.get("api", "/trap").await;
@@ -148,7 +150,7 @@ async fn reuse_lets_an_instance_serve_up_to_max_requests() {
     // Reuse is for WASI 0.3 components only, and its knobs are checked.
     let bad = server
         .admin(Method::PUT, "/functions/counter")
-        .json(&json!({ "digest": digest, "config": { "reuse": { "max_requests": 2, "max_concurrent": 5 } } }))
+        .json(&json!({ "digest": digest, "config": { "reuse": { "max_requests": 2, "max_concurrent": 0 } } }))
         .send()
         .await
         .expect("deploy");
@@ -175,4 +177,37 @@ async fn reuse_lets_an_instance_serve_up_to_max_requests() {
     assert_eq!(refused.status(), 422);
     let problem: Value = refused.json().await.expect("problem");
     assert!(problem["detail"].as_str().unwrap_or("").contains("WASI 0.3"), "{problem}");
+}
+
+/// `amphi deploy --reuse=…` sets the knobs and `amphi describe` shows them; a bad setting is
+/// named.
+#[tokio::test]
+async fn the_cli_deploys_with_reuse_and_describes_it() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    let deployed = server.cli(&["deploy", "api", P3, "--reuse=requests=5,idle=2s"]);
+    assert!(deployed.status.success(), "{}", support::stderr(&deployed));
+    let described = support::stdout(&server.cli(&["describe", "api"]));
+    assert!(described.contains("kind:         wasi-http-0.3-component"), "{described}");
+    assert!(
+        described
+            .contains("reuse:        up to 5 requests per instance, 16 at once, dropped after 2000ms idle"),
+        "{described}"
+    );
+    let states: Vec<String> = {
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(text(&server, "api", "/state").await.1);
+        }
+        seen
+    };
+    assert_eq!(states, ["1", "2", "3", "4", "5", "1"]);
+
+    let plain = server.cli(&["deploy", "api", P3]);
+    assert!(plain.status.success(), "{}", support::stderr(&plain));
+    assert!(support::stdout(&server.cli(&["describe", "api"])).contains("reuse:        off"));
+
+    let bad = server.cli(&["deploy", "api", P3, "--reuse=requests=many"]);
+    assert!(!bad.status.success());
+    assert!(support::stderr(&bad).contains("`many` is not a whole number"), "{}", support::stderr(&bad));
 }

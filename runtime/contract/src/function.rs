@@ -96,7 +96,8 @@ pub struct FunctionConfig {
 pub struct ReuseConfig {
     /// Requests one instance serves in all before it is retired.
     pub max_requests: u32,
-    /// Requests one instance serves at once (the guest's own async tasks interleave them).
+    /// Requests one instance serves at once (the guest's own async tasks interleave them); never
+    /// more than `max_requests`, whatever this says.
     pub max_concurrent: u32,
     /// An instance with no request for this long is dropped, in milliseconds.
     pub idle_timeout_ms: u64,
@@ -121,10 +122,12 @@ impl ReuseConfig {
                 self.max_requests
             )));
         }
-        if self.max_concurrent == 0 || self.max_concurrent > self.max_requests {
+        // Above `max_requests` it changes nothing, so the default may stand beside a small one.
+        if self.max_concurrent == 0 || self.max_concurrent > Self::MAX_REQUESTS {
             return Err(InvalidConfig(format!(
-                "reuse.max_concurrent must be 1 to reuse.max_requests ({}), got {}",
-                self.max_requests, self.max_concurrent
+                "reuse.max_concurrent must be 1 to {}, got {}",
+                Self::MAX_REQUESTS,
+                self.max_concurrent
             )));
         }
         if self.idle_timeout_ms == 0
