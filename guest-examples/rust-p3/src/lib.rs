@@ -13,6 +13,7 @@
 //! | `/state` | a counter kept in a `static`: 1 with a fresh instance per request, counts up with reuse |
 //! | `/crash`, `/trap` | panics (a wasm trap) |
 //! | `/loop` | never returns, never yields |
+//! | `/table` | what `wizer-initialize` built: `entries=65536 sum=…` when pre-initialized (`amphi deploy --init`), `entries=0` otherwise |
 //! | `/request`, `/header`, `/meta`, `/status`, `/headers-out`, `/headers-forged`, `/env`, `/log`, `/big`, `/flood`, `/alloc` | as in `conformance/README.md` |
 
 use std::io::Write as _;
@@ -28,6 +29,28 @@ wasip3::http::service::export!(Handler);
 struct Handler;
 
 static CALLS_SEEN_BY_THIS_INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+/// Built by the initializer: with `amphi deploy --init` every instance starts with it.
+static TABLE: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+
+/// The `wizer-initialize` export beside `wasi:http/handler`. It touches no WASI resource (no
+/// output, no environment), so its snapshot holds no handle (CONTRACT.md §6).
+mod initializer {
+    wit_bindgen::generate!({
+        inline: "package amphi:rust-p3; world initializer { export wizer-initialize: func(); }",
+        world: "initializer",
+    });
+
+    struct Initializer;
+
+    impl Guest for Initializer {
+        fn wizer_initialize() {
+            super::TABLE.get_or_init(|| (0..65_536u32).map(|i| i.wrapping_mul(2_654_435_761) >> 7).collect());
+        }
+    }
+
+    export!(Initializer);
+}
 
 /// How a response body is produced.
 enum Body {
@@ -164,6 +187,11 @@ impl wasip3::exports::http::handler::Guest for Handler {
                 let block = vec![1u8; number("mib") as usize * 1024 * 1024];
                 let touched = std::hint::black_box(&block).iter().step_by(4096).count();
                 text(format!("allocated {} MiB", touched * 4096 / (1024 * 1024)))
+            }
+            "table" => {
+                let table = TABLE.get().map(Vec::as_slice).unwrap_or_default();
+                let sum = table.iter().map(|&v| u64::from(v)).sum::<u64>();
+                text(format!("entries={} sum={sum}", table.len()))
             }
             "state" => text(format!("{}", CALLS_SEEN_BY_THIS_INSTANCE.fetch_add(1, Ordering::SeqCst) + 1)),
             _ => not_found("no such route"),

@@ -211,3 +211,25 @@ async fn the_cli_deploys_with_reuse_and_describes_it() {
     assert!(!bad.status.success());
     assert!(support::stderr(&bad).contains("`many` is not a whole number"), "{}", support::stderr(&bad));
 }
+
+/// Pre-initialization works for WASI 0.3 components too: the table `wizer-initialize` builds
+/// is in every instance, and the instance still writes its log and streams its body.
+#[tokio::test]
+async fn a_wasi_03_component_is_pre_initialized() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    server.deploy("plain", P3, json!({})).await;
+    assert_eq!(text(&server, "plain", "/table").await, (200, "entries=0 sum=0".into()));
+
+    let deployed = server.deploy("table", P3, json!({ "init": "wizer-initialize" })).await;
+    assert_eq!(deployed["init"]["export"], "wizer-initialize", "{deployed}");
+    let (status, table) = text(&server, "table", "/table").await;
+    assert_eq!(status, 200);
+    assert!(table.starts_with("entries=65536 sum="), "{table}");
+    assert_eq!(text(&server, "table", "/state").await, (200, "1".into()));
+    assert_eq!(text(&server, "table", "/stream?chunks=2").await, (200, "chunk 0\nchunk 1\n".into()));
+    let logged = server.get("table", "/log?text=after-snapshot").await;
+    assert_eq!(logged.status(), 200);
+    let record = record_of(&server, &logged).await;
+    assert!(record["logs"].to_string().contains("after-snapshot"), "{record}");
+}
