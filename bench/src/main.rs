@@ -13,6 +13,7 @@ mod jobs;
 mod load;
 mod logstore;
 mod mixed;
+mod p3;
 mod preinit;
 mod report;
 mod servers;
@@ -71,6 +72,8 @@ enum Command {
     Jobs(RunArgs),
     /// §8: pre-initialization: calls with the initializer run at deploy vs lazily per call.
     Preinit(RunArgs),
+    /// §9: WASI 0.3 components: the p3 hello, fresh and with reuse, against `wasmtime serve`.
+    P3(RunArgs),
     /// (child process) A bare hyper HTTP/1.1 hello-world server.
     #[command(hide = true)]
     Floor { listen: SocketAddr },
@@ -158,6 +161,7 @@ fn main() -> Result<()> {
         Command::Logs(args) => multi_thread()?.block_on(run(args, &["logs"], DEFAULT_EXAMPLE)),
         Command::Jobs(args) => multi_thread()?.block_on(run(args, &["jobs"], DEFAULT_EXAMPLE)),
         Command::Preinit(args) => multi_thread()?.block_on(run(args, &["preinit"], DEFAULT_EXAMPLE)),
+        Command::P3(args) => multi_thread()?.block_on(run(args, &["p3"], DEFAULT_EXAMPLE)),
     }
 }
 
@@ -165,8 +169,19 @@ fn main() -> Result<()> {
 const DEFAULT_EXAMPLE: &str = "python-http";
 
 /// Every section, in the order `all` runs them.
-const SECTIONS: [&str; 10] =
-    ["wasm", "choices", "startup", "containers", "mixed", "spinning", "density", "logs", "jobs", "preinit"];
+const SECTIONS: [&str; 11] = [
+    "wasm",
+    "choices",
+    "startup",
+    "containers",
+    "mixed",
+    "spinning",
+    "density",
+    "logs",
+    "jobs",
+    "preinit",
+    "p3",
+];
 
 async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
     load::require_wrk()?;
@@ -187,7 +202,8 @@ async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
             "density" => density::run(&plan).await,
             "logs" => logstore::run(&plan).await,
             "jobs" => jobs::run(&plan).await,
-            _ => preinit::run(&plan).await,
+            "preinit" => preinit::run(&plan).await,
+            _ => p3::run(&plan).await,
         }
         .with_context(|| format!("the {name} section failed"))?;
         done.push(section);

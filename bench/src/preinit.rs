@@ -144,9 +144,5 @@ pub async fn run(plan: &Plan) -> Result<Section> {
         format!("{:.3} ms vs {:.3} ms: {of_hello:.2}×", eager.p50, hello.p50),
         of_hello <= GOAL_OF_HELLO,
     ));
-    section.goals.push(Goal::unchecked(
-        "p3 hello ≥ 1.5× `wasmtime serve` with reuse",
-        "not measured: wasi:http 0.3 components are not served yet (issue 15, part 1)",
-    ));
     Ok(section)
 }
