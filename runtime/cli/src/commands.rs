@@ -613,6 +613,28 @@ pub async fn list(client: &Client, args: JsonFlag) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn nodes(client: &Client, args: JsonFlag) -> Result<ExitCode> {
+    let nodes = client.get_json("/v1/nodes").await?;
+    if args.json {
+        out!("{nodes}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!("{:<36}  {:<21}  {:<8}  {:<5}  {:>13}", "ID", "ADDRESS", "VERSION", "STATE", "LAST SEEN");
+    let now_ms = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    for node in nodes.as_array().into_iter().flatten() {
+        let ago = now_ms.saturating_sub(node["last_seen_ms"].as_u64().unwrap_or(0));
+        out!(
+            "{:<36}  {:<21}  {:<8}  {:<5}  {:>13}",
+            node["id"].as_str().unwrap_or("?"),
+            node["address"].as_str().unwrap_or("?"),
+            node["version"].as_str().unwrap_or("?"),
+            node["state"].as_str().unwrap_or("?"),
+            format!("{:.1}s ago", ago as f64 / 1000.0),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
     let described = client.get_json(&format!("/v1/functions/{}", args.name)).await?;
     if args.json {

@@ -67,6 +67,8 @@ enum Command {
     Rm(commands::NameArgs),
     /// A live view of every function: calls a second, p50/p99, errors, cold starts, instances.
     Top(top::TopArgs),
+    /// The gateways sharing this one's store: id, address, version, last seen, up or gone.
+    Nodes(commands::JsonFlag),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
                     Command::Describe(args) => commands::describe(&client, args).await,
                     Command::Rm(args) => commands::remove(&client, args).await,
                     Command::Top(args) => top::run(&client, args).await,
+                    Command::Nodes(args) => commands::nodes(&client, args).await,
                     Command::Serve(_) | Command::Build(_) => unreachable!("handled above"),
                 }
             }

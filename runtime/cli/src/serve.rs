@@ -18,9 +18,14 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "AMPHI_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Data directory (artifacts, compiled code, registry, logs).
+    /// Data directory (artifacts, compiled code, registry, logs). With --store it holds this
+    /// node's cache and what is not shared yet.
     #[arg(long, env = "AMPHI_DATA", default_value = DEFAULT_DATA)]
     data: PathBuf,
+    /// A PostgreSQL store shared with other gateways (`postgres://USER@HOST/DB`): the registry,
+    /// the artifacts and the list of nodes live there. Unset: everything is in --data.
+    #[arg(long, env = "AMPHI_STORE", value_name = "URL")]
+    store: Option<String>,
     /// Largest request body of a function call.
     #[arg(long, default_value = "16MiB", value_parser = parse_bytes)]
     max_body: u64,
@@ -121,6 +126,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     raise_open_files_limit();
     let mut config = ServeConfig::new(args.listen, args.data.clone());
     config.token = std::env::var("AMPHI_TOKEN").ok().filter(|t| !t.is_empty());
+    config.store = args.store.clone().filter(|url| !url.is_empty());
     config.max_body_bytes = args.max_body;
     config.max_upload_bytes = args.max_upload;
     config.log_bytes_per_invocation = usize::try_from(args.log_limit).unwrap_or(usize::MAX);

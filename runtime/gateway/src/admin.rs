@@ -13,6 +13,7 @@
 //! | `GET /v1/invocations` | invocation records: `function`, `since`, `after`, `limit` |
 //! | `GET /v1/invocations/{id}` | one record with its log lines |
 //! | `GET /v1/stats` | calls in flight, counters of the backends and the log store |
+//! | `GET /v1/nodes` | the gateways sharing this one's store: id, address, version, last seen, `up` or `gone` |
 //! | `/v1/jobs…`, `/v1/schedules…` | async jobs and schedules: see [`crate::jobs::api`] |
 
 use std::collections::HashMap;
@@ -125,6 +126,7 @@ async fn route(
         (&Method::GET, ["invocations"]) => invocations(platform, &query).await,
         (&Method::GET, ["invocations", id]) => invocation(platform, id).await,
         (&Method::GET, ["stats"]) => Ok(stats(platform)),
+        (&Method::GET, ["nodes"]) => Ok(json(StatusCode::OK, &crate::cluster::nodes(platform).await?)),
         (_, ["jobs", ..] | ["schedules", ..]) => {
             match crate::jobs::api::route(platform, request, &segments, &query).await {
                 Some(answer) => answer,
@@ -139,7 +141,8 @@ async fn route(
             | ["logs"]
             | ["invocations"]
             | ["invocations", _]
-            | ["stats"],
+            | ["stats"]
+            | ["nodes"],
         ) => Err(Problem::new(
             ProblemKind::MethodNotAllowed,
             format!("{method} is not allowed on /v1/{}", segments.join("/")),

@@ -14,6 +14,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// A PostgreSQL store shared with other gateways (`postgres://…`); `None`: everything is in
+    /// the data directory.
+    pub store: Option<String>,
     /// The admin token; when `None`, the one stored in the data directory, or a new one.
     pub token: Option<String>,
     /// Largest request body a function call may carry.
@@ -61,6 +64,7 @@ impl ServeConfig {
         Self {
             listen,
             data_dir,
+            store: None,
             token: None,
             max_body_bytes: 16 << 20,
             max_upload_bytes: 128 << 20,

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod capacity;
+pub mod cluster;
 pub mod config;
 pub mod follow;
 pub mod invocation;

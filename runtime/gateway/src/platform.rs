@@ -1,8 +1,10 @@
 //! The platform's state: registry, artifacts, log store, backends, and the live route table.
 //!
-//! The registry in SQLite is the source of truth; the route table is its in-memory mirror for the
-//! hot path, updated only after a write has committed. Deploys are serialised, so the table
-//! never goes back to an older version.
+//! The registry (SQLite in the data directory, or a cluster's PostgreSQL) is the source of truth;
+//! the route table is its in-memory mirror for the hot path, updated only after a write has
+//! committed: by this gateway's own deploys, and in a cluster by the changes other gateways
+//! announce ([`crate::cluster`]). Deploys are serialised, so the table never goes back to an
+//! older version.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,7 +18,9 @@ use amphi_contract::{
 };
 use amphi_store::artifacts::Artifacts;
 use amphi_store::logs::LogStore;
-use amphi_store::registry::{ArtifactInfo, Registry};
+use amphi_store::postgres::PgStore;
+use amphi_store::postgres::registry::PgRegistry;
+use amphi_store::registry::{ArtifactInfo, EmbeddedRegistry, Registry};
 use amphi_store::{DataDir, StoreError};
 use amphi_wasm::WasmBackend;
 use bytes::Bytes;
@@ -50,7 +54,11 @@ pub enum TokenSource {
 /// The platform.
 pub struct Platform {
     data: DataDir,
-    registry: Registry,
+    registry: Box<dyn Registry>,
+    /// The cluster this gateway belongs to, when its store is shared.
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
+    /// Where this gateway serves and when it started serving (ms since the epoch), once it does.
+    pub(crate) serving: std::sync::OnceLock<(std::net::SocketAddr, u64)>,
     artifacts: Arc<Artifacts>,
     /// The log store.
     pub logs: Arc<LogStore>,
@@ -98,8 +106,19 @@ impl Platform {
                 (token, TokenSource::Generated)
             }
         };
-        let artifacts = Arc::new(Artifacts::open(&data)?);
-        let registry = Registry::open(&data)?;
+        let (artifacts, registry, cluster) = match &config.store {
+            None => {
+                let registry: Box<dyn Registry> = Box::new(EmbeddedRegistry::open(&data)?);
+                (Artifacts::open(&data)?, registry, None)
+            }
+            Some(url) => {
+                let store = PgStore::connect(url)?;
+                let registry: Box<dyn Registry> = Box::new(PgRegistry::new(store.clone()));
+                let cluster = crate::cluster::Cluster::new(store.clone(), data.installation_id()?);
+                (Artifacts::shared(&data, store)?, registry, Some(cluster))
+            }
+        };
+        let artifacts = Arc::new(artifacts);
         let logs = Arc::new(LogStore::open(&data, config.logs.clone())?);
         let queue =
             Arc::new(amphi_queue::embedded::EmbeddedQueue::open(&data, amphi_contract::now_unix_us())?);
@@ -109,6 +128,8 @@ impl Platform {
         let platform = Self {
             data,
             registry,
+            cluster,
+            serving: std::sync::OnceLock::new(),
             artifacts,
             logs,
             backends,
@@ -230,6 +251,11 @@ impl Platform {
         Ok(collected)
     }
 
+    /// This gateway's id: its data directory's installation id. Blocking (a file read).
+    pub fn installation_id(&self) -> Result<String, StoreError> {
+        self.data.installation_id()
+    }
+
     /// The data directory's size in bytes, as of the last garbage collection.
     pub fn data_bytes(&self) -> u64 {
         self.data_bytes.load(std::sync::atomic::Ordering::Relaxed)
@@ -290,7 +316,7 @@ impl Platform {
     /// Every version of `name`, oldest first.
     pub async fn versions(self: &Arc<Self>, name: String) -> Result<Vec<FunctionVersion>, Problem> {
         let platform = self.clone();
-        blocking(move || platform.registry.versions(&name).map_err(internal)).await
+        blocking(move || platform.registry.versions(&name).map_err(stored)).await
     }
 
     /// Validates, compiles and stores an upload. Returns the artifact and whether it is new.
@@ -300,8 +326,7 @@ impl Platform {
         let digest = amphi_store::artifacts::digest_of(&bytes);
         let platform = self.clone();
         let key = digest.clone();
-        let known =
-            blocking(move || platform.registry.artifact_uploaded_again(&key).map_err(internal)).await?;
+        let known = blocking(move || platform.registry.artifact_uploaded_again(&key).map_err(stored)).await?;
         if let Some(known) = known {
             return Ok((known, false));
         }
@@ -328,7 +353,7 @@ impl Platform {
         blocking(move || {
             platform.artifacts.put(&bytes).map_err(internal)?;
             let info = ArtifactInfo { digest, kind, size: bytes.len() as u64 };
-            platform.registry.add_artifact(&info).map_err(internal)?;
+            platform.registry.add_artifact(&info).map_err(stored)?;
             Ok((info, true))
         })
         .await
@@ -351,11 +376,11 @@ impl Platform {
     ) -> Result<(ArtifactInfo, bool), Problem> {
         let platform = self.clone();
         blocking(move || {
-            if let Some(known) = platform.registry.artifact(&built.digest).map_err(internal)? {
+            if let Some(known) = platform.registry.artifact(&built.digest).map_err(stored)? {
                 return Ok((known, false));
             }
             let info = ArtifactInfo { digest: built.digest, kind: built.kind, size: built.size };
-            platform.registry.add_artifact(&info).map_err(internal)?;
+            platform.registry.add_artifact(&info).map_err(stored)?;
             Ok((info, true))
         })
         .await
@@ -412,7 +437,7 @@ impl Platform {
         };
         let platform = self.clone();
         let key = digest.clone();
-        let artifact = blocking(move || platform.registry.artifact(&key).map_err(internal))
+        let artifact = blocking(move || platform.registry.artifact(&key).map_err(stored))
             .await?
             .ok_or_else(|| unknown(&digest))?;
         let backend = self.backend_for(artifact.kind).map_err(internal)?;
@@ -428,7 +453,7 @@ impl Platform {
         let function = blocking(move || {
             platform.registry.deploy(&name, &digest, &config, init.as_ref()).map_err(|e| match e {
                 StoreError::UnknownArtifact(digest) => unknown(&digest),
-                other => internal(other),
+                other => stored(other),
             })
         })
         .await?;
@@ -487,13 +512,45 @@ impl Platform {
         let _serialised = self.deploys.lock().await;
         let platform = self.clone();
         let key = name.clone();
-        let existed = blocking(move || platform.registry.delete(&key).map_err(internal)).await?;
+        let existed = blocking(move || platform.registry.delete(&key).map_err(stored)).await?;
         if let Some(route) =
             self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name)
         {
             route.backend.retire(&name);
         }
         Ok(existed)
+    }
+
+    /// Makes the route of `name` match `current`, its current version in the registry (`None`:
+    /// deleted), as another gateway left it. Versions only go forward.
+    pub(crate) fn follow_registry(&self, name: &str, current: Option<FunctionVersion>) {
+        let routed = self.route(name).map(|route| route.function.version);
+        match current {
+            Some(function) if routed.is_none_or(|version| version < function.version) => {
+                let version = function.version;
+                if let Err(error) = self.install_route(function) {
+                    tracing::warn!(%error, function = name, version, "cannot route a version deployed elsewhere");
+                }
+            }
+            Some(_) => {}
+            None => {
+                let removed =
+                    self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+                if let Some(route) = removed {
+                    route.backend.retire(name);
+                }
+            }
+        }
+    }
+
+    /// Names of the functions routed now.
+    pub(crate) fn routed_names(&self) -> Vec<String> {
+        self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    /// The registry.
+    pub(crate) fn registry(&self) -> &dyn Registry {
+        &*self.registry
     }
 
     fn install_route(&self, function: FunctionVersion) -> Result<Arc<FunctionVersion>, GatewayError> {
@@ -525,6 +582,18 @@ pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(internal(e)))
+}
+
+/// A storage failure as a problem: 503 while the cluster's store cannot be reached (try again),
+/// else 500.
+pub fn stored(error: StoreError) -> Problem {
+    match error {
+        StoreError::Unavailable(why) => {
+            tracing::warn!(%why, "the store is unavailable");
+            Problem::new(ProblemKind::BackendUnavailable, format!("the store is unavailable: {why}"))
+        }
+        other => internal(other),
+    }
 }
 
 /// A platform failure (storage, a task that died) as a 500 problem, logged.

@@ -57,6 +57,9 @@ impl Server {
         platform.start_backends();
         let platform = Arc::new(platform);
         platform.start_collecting();
+        let address =
+            listeners[0].local_addr().map_err(|source| GatewayError::Bind { addr: listen, source })?;
+        crate::cluster::join(&platform, address).await?;
         Ok(Self { platform, listeners, token_source })
     }
 

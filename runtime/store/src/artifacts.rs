@@ -1,6 +1,9 @@
 //! Content-addressed artifacts and the compiled-code cache, inside the data directory.
 //!
-//! Sources live at `artifacts/<sha256 hex>`; compiled code at `compiled/<key>`. Digests and keys
+//! Sources live at `artifacts/<sha256 hex>`; compiled code at `compiled/<key>`. With a cluster
+//! store ([`Artifacts::shared`]) sources are kept in PostgreSQL too, and the data directory's
+//! copy is a cache: an artifact another gateway uploaded is fetched on first use. Compiled code
+//! stays per node. Digests and keys
 //! are checked to be plain lowercase hex (and `-`), so none can name a path outside those folders.
 
 use cap_std::fs::Dir;
@@ -20,6 +23,8 @@ pub fn digest_of(bytes: &[u8]) -> String {
 pub struct Artifacts {
     sources: Dir,
     compiled: Dir,
+    /// The cluster's copy of every source, when the store is shared.
+    shared: Option<crate::postgres::chunks::PgChunks>,
 }
 
 impl Artifacts {
@@ -30,16 +35,21 @@ impl Artifacts {
                 .open_dir(name)
                 .map_err(|source| StoreError::Io { what: format!("opening {name}"), source })
         };
-        Ok(Self { sources: open(SOURCES)?, compiled: open(COMPILED)? })
+        Ok(Self { sources: open(SOURCES)?, compiled: open(COMPILED)?, shared: None })
+    }
+
+    /// The artifact folders of a data directory as a cache of the cluster's `store`.
+    pub fn shared(
+        data: &crate::DataDir,
+        store: std::sync::Arc<crate::postgres::PgStore>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self { shared: Some(crate::postgres::chunks::PgChunks::new(store)), ..Self::open(data)? })
     }
 
     /// Stores `bytes` under their digest (durably) and returns it. Storing twice is harmless.
     pub fn put(&self, bytes: &[u8]) -> Result<String, StoreError> {
         let digest = digest_of(bytes);
-        let file = hex_of(&digest)?;
-        if !self.sources.exists(file) {
-            write_durably(&self.sources, file, bytes, None)?;
-        }
+        self.put_derived(&digest, bytes)?;
         Ok(digest)
     }
 
@@ -47,25 +57,47 @@ impl Artifacts {
     /// the bytes): what is made from the same inputs is stored once. Storing twice is harmless.
     pub fn put_derived(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let file = hex_of(digest)?;
-        if !self.has(digest)? {
+        if !self.sources.exists(file) {
             write_durably(&self.sources, file, bytes, None)?;
+        }
+        if let Some(shared) = &self.shared {
+            shared.put(digest, bytes)?;
         }
         Ok(())
     }
 
-    /// Whether an artifact is stored under `digest`.
+    /// Whether an artifact is stored under `digest` (here, or in the cluster).
     pub fn has(&self, digest: &str) -> Result<bool, StoreError> {
-        self.sources
+        let here = self
+            .sources
             .try_exists(hex_of(digest)?)
-            .map_err(|source| StoreError::Io { what: format!("checking artifact {digest}"), source })
+            .map_err(|source| StoreError::Io { what: format!("checking artifact {digest}"), source })?;
+        match &self.shared {
+            Some(shared) if !here => shared.has(digest),
+            _ => Ok(here),
+        }
     }
 
-    /// Reads the artifact with `digest`.
+    /// Reads the artifact with `digest`; one only the cluster has is fetched and kept here.
     pub fn get(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
         let file = hex_of(digest)?;
-        self.sources
-            .read(file)
-            .map_err(|source| StoreError::Io { what: format!("reading artifact {digest}"), source })
+        match self.sources.read(file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.shared.is_some() => {
+                let fetched = self.shared.as_ref().and_then(|shared| shared.get(digest).transpose());
+                let bytes = fetched.ok_or_else(|| StoreError::Io {
+                    what: format!("reading artifact {digest}"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not in the cluster's store either",
+                    ),
+                })??;
+                write_durably(&self.sources, file, &bytes, None)?;
+                Ok(bytes)
+            }
+            read => {
+                read.map_err(|source| StoreError::Io { what: format!("reading artifact {digest}"), source })
+            }
+        }
     }
 
     /// Reads compiled code stored under `key`, if any.
@@ -108,6 +140,9 @@ impl Artifacts {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(StoreError::Io { what: format!("reading artifact {digest}"), source }),
+        }
+        if let Some(shared) = &self.shared {
+            shared.remove(digest)?;
         }
         Ok(freed)
     }

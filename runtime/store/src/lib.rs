@@ -8,9 +8,12 @@
 //! - [`registry`]: functions and their versions (SQLite, durable before a deploy is acknowledged).
 //! - [`logs`]: the log store for every backend: invocation records and log lines, written in
 //!   batches by a dedicated thread, with retention and a live feed for `--follow`.
+//! - [`postgres`]: the networked shape (`--store postgres://…`): the registry, artifacts and the
+//!   cluster's nodes in PostgreSQL, shared by several gateways.
 
 pub mod artifacts;
 pub mod logs;
+pub mod postgres;
 pub mod registry;
 
 use std::io::Write as _;
@@ -45,6 +48,13 @@ pub enum StoreError {
     /// The background writer is gone (the store was shut down).
     #[error("the log store writer has stopped")]
     WriterStopped,
+    /// The cluster's store cannot be reached now (PostgreSQL down, no connection free); worth
+    /// trying again.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// PostgreSQL refused a statement.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[source] tokio_postgres::Error),
 }
 
 impl StoreError {

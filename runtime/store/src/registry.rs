@@ -1,7 +1,9 @@
 //! The function registry: uploaded artifacts, functions and their immutable versions.
 //!
-//! Every write is committed with `synchronous=FULL` before it returns, so a deploy the API has
-//! acknowledged survives a crash. Calls block on SQLite: run them off the async runtime's threads.
+//! [`Registry`] is what the gateway asks of it; [`EmbeddedRegistry`] keeps it in SQLite in the
+//! data directory, [`crate::postgres::registry::PgRegistry`] in a cluster's PostgreSQL. Every
+//! write is durable before it returns, so a deploy the API has acknowledged survives a crash.
+//! Calls block: run them off the async runtime's threads.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -10,8 +12,51 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::StoreError;
 
-/// The registry database.
-pub struct Registry {
+/// Functions, versions and artifacts, wherever they are kept. Every method blocks.
+pub trait Registry: Send + Sync {
+    /// Records an uploaded artifact (idempotent).
+    fn add_artifact(&self, info: &ArtifactInfo) -> Result<(), StoreError>;
+
+    /// The artifact with `digest`, if it was uploaded; an upload of it again counts as new for
+    /// garbage collection's grace period (its upload time is now).
+    fn artifact_uploaded_again(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError>;
+
+    /// The artifact with `digest`, if it was uploaded.
+    fn artifact(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError>;
+
+    /// Makes a new version of `name` (version 1 if it is new) and makes it current; `init` is
+    /// the snapshot its instances start from, when its initializer made one.
+    fn deploy(
+        &self,
+        name: &str,
+        digest: &str,
+        config: &FunctionConfig,
+        init: Option<&InitSnapshot>,
+    ) -> Result<FunctionVersion, StoreError>;
+
+    /// Artifacts uploaded before `before_ms` that neither a function's current version nor one of
+    /// its `keep - 1` versions before it uses: what garbage collection may remove.
+    fn unreferenced_artifacts(&self, before_ms: u64, keep: u64) -> Result<Vec<ArtifactInfo>, StoreError>;
+
+    /// Forgets an artifact, unless a version now uses it (a deploy since it was found unused).
+    /// Returns whether it was forgotten.
+    fn remove_artifact_if_unused(&self, digest: &str, keep: u64) -> Result<bool, StoreError>;
+
+    /// The current version of every function, by name.
+    fn all_current(&self) -> Result<Vec<FunctionVersion>, StoreError>;
+
+    /// The current version of `name`, if it is deployed.
+    fn current(&self, name: &str) -> Result<Option<FunctionVersion>, StoreError>;
+
+    /// Every version of `name`, oldest first.
+    fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>, StoreError>;
+
+    /// Deletes `name` and its versions. Returns whether it existed.
+    fn delete(&self, name: &str) -> Result<bool, StoreError>;
+}
+
+/// The registry database in the data directory (SQLite, `synchronous=FULL`).
+pub struct EmbeddedRegistry {
     conn: Mutex<Connection>,
 }
 
@@ -55,7 +100,7 @@ pub struct ArtifactInfo {
     pub size: u64,
 }
 
-impl Registry {
+impl EmbeddedRegistry {
     /// Opens (creating if needed) `registry.db` in the data directory.
     pub fn open(data: &crate::DataDir) -> Result<Self, StoreError> {
         let conn = Connection::open(data.private_database("registry.db")?)?;
@@ -77,8 +122,45 @@ impl Registry {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records an uploaded artifact (idempotent).
-    pub fn add_artifact(&self, info: &ArtifactInfo) -> Result<(), StoreError> {
+    fn select_versions(&self, sql: &str, name: Option<&str>) -> Result<Vec<FunctionVersion>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(sql)?;
+        let map = |row: &rusqlite::Row<'_>| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, Option<String>>(6)?,
+            ))
+        };
+        let rows = match name {
+            Some(name) => statement.query_map([name], map)?.collect::<Result<Vec<_>, _>>()?,
+            None => statement.query_map([], map)?.collect::<Result<Vec<_>, _>>()?,
+        };
+        rows.into_iter()
+            .map(|(name, version, digest, kind, config, created_at_ms, init)| {
+                Ok(FunctionVersion {
+                    name,
+                    version: version as u64,
+                    digest,
+                    kind: parse_kind(&kind)?,
+                    config: serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    created_at_ms: created_at_ms as u64,
+                    init: init
+                        .map(|init| serde_json::from_str(&init))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Registry for EmbeddedRegistry {
+    fn add_artifact(&self, info: &ArtifactInfo) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT OR IGNORE INTO artifacts (digest, kind, size, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
             params![info.digest, info.kind.as_str(), info.size as i64, now_ms() as i64],
@@ -86,9 +168,7 @@ impl Registry {
         Ok(())
     }
 
-    /// The artifact with `digest`, if it was uploaded; an upload of it again counts as new for
-    /// garbage collection's grace period (its upload time is now).
-    pub fn artifact_uploaded_again(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
+    fn artifact_uploaded_again(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
         self.conn().execute(
             "UPDATE artifacts SET created_at_ms = ?2 WHERE digest = ?1",
             params![digest, now_ms() as i64],
@@ -96,8 +176,7 @@ impl Registry {
         self.artifact(digest)
     }
 
-    /// The artifact with `digest`, if it was uploaded.
-    pub fn artifact(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
+    fn artifact(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
         self.conn()
             .query_row("SELECT kind, size FROM artifacts WHERE digest = ?1", [digest], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
@@ -109,9 +188,7 @@ impl Registry {
             .transpose()
     }
 
-    /// Makes a new version of `name` (version 1 if it is new) and makes it current; `init` is
-    /// the snapshot its instances start from, when its initializer made one.
-    pub fn deploy(
+    fn deploy(
         &self,
         name: &str,
         digest: &str,
@@ -161,9 +238,7 @@ impl Registry {
         })
     }
 
-    /// Artifacts uploaded before `before_ms` that neither a function's current version nor one of
-    /// its `keep - 1` versions before it uses: what garbage collection may remove.
-    pub fn unreferenced_artifacts(&self, before_ms: u64, keep: u64) -> Result<Vec<ArtifactInfo>, StoreError> {
+    fn unreferenced_artifacts(&self, before_ms: u64, keep: u64) -> Result<Vec<ArtifactInfo>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
             "SELECT a.digest, a.kind, a.size FROM artifacts a WHERE a.created_at_ms < ?1 AND NOT EXISTS (
@@ -182,9 +257,7 @@ impl Registry {
             .collect()
     }
 
-    /// Forgets an artifact, unless a version now uses it (a deploy since it was found unused).
-    /// Returns whether it was forgotten.
-    pub fn remove_artifact_if_unused(&self, digest: &str, keep: u64) -> Result<bool, StoreError> {
+    fn remove_artifact_if_unused(&self, digest: &str, keep: u64) -> Result<bool, StoreError> {
         let removed = self.conn().execute(
             "DELETE FROM artifacts WHERE digest = ?1 AND NOT EXISTS (
                  SELECT 1 FROM versions v JOIN functions f ON f.name = v.name
@@ -194,8 +267,18 @@ impl Registry {
         Ok(removed > 0)
     }
 
-    /// The current version of every function, by name.
-    pub fn all_current(&self) -> Result<Vec<FunctionVersion>, StoreError> {
+    fn current(&self, name: &str) -> Result<Option<FunctionVersion>, StoreError> {
+        Ok(self
+            .select_versions(
+                "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms, v.init
+                 FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
+                 JOIN artifacts a ON a.digest = v.digest WHERE f.name = ?1",
+                Some(name),
+            )?
+            .pop())
+    }
+
+    fn all_current(&self) -> Result<Vec<FunctionVersion>, StoreError> {
         self.select_versions(
             "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms, v.init
              FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.current_version
@@ -204,8 +287,7 @@ impl Registry {
         )
     }
 
-    /// Every version of `name`, oldest first.
-    pub fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>, StoreError> {
+    fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>, StoreError> {
         self.select_versions(
             "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms, v.init
              FROM versions v JOIN artifacts a ON a.digest = v.digest WHERE v.name = ?1 ORDER BY v.version",
@@ -213,50 +295,13 @@ impl Registry {
         )
     }
 
-    /// Deletes `name` and its versions. Returns whether it existed.
-    pub fn delete(&self, name: &str) -> Result<bool, StoreError> {
+    fn delete(&self, name: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let removed = tx.execute("DELETE FROM functions WHERE name = ?1", [name])?;
         tx.execute("DELETE FROM versions WHERE name = ?1", [name])?;
         tx.commit()?;
         Ok(removed > 0)
-    }
-
-    fn select_versions(&self, sql: &str, name: Option<&str>) -> Result<Vec<FunctionVersion>, StoreError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(sql)?;
-        let map = |row: &rusqlite::Row<'_>| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, i64>(5)?,
-                row.get::<_, Option<String>>(6)?,
-            ))
-        };
-        let rows = match name {
-            Some(name) => statement.query_map([name], map)?.collect::<Result<Vec<_>, _>>()?,
-            None => statement.query_map([], map)?.collect::<Result<Vec<_>, _>>()?,
-        };
-        rows.into_iter()
-            .map(|(name, version, digest, kind, config, created_at_ms, init)| {
-                Ok(FunctionVersion {
-                    name,
-                    version: version as u64,
-                    digest,
-                    kind: parse_kind(&kind)?,
-                    config: serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    created_at_ms: created_at_ms as u64,
-                    init: init
-                        .map(|init| serde_json::from_str(&init))
-                        .transpose()
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                })
-            })
-            .collect()
     }
 }
 
@@ -276,7 +321,7 @@ mod tests {
     fn versions_survive_reopen_and_delete_removes() {
         let temp = tempfile::tempdir().expect("tempdir");
         let data = crate::DataDir::open(temp.path()).expect("open");
-        let registry = Registry::open(&data).expect("registry");
+        let registry = EmbeddedRegistry::open(&data).expect("registry");
         let info = ArtifactInfo { digest: "sha256:aa".into(), kind: ArtifactKind::CgiModule, size: 4 };
         registry.add_artifact(&info).expect("artifact");
         let v1 = registry.deploy("hello", &info.digest, &FunctionConfig::default(), None).expect("v1");
@@ -289,7 +334,7 @@ mod tests {
         ));
         drop(registry);
 
-        let registry = Registry::open(&data).expect("reopen");
+        let registry = EmbeddedRegistry::open(&data).expect("reopen");
         assert_eq!(registry.versions("hello").expect("versions").len(), 2);
         assert_eq!(registry.all_current().expect("all"), vec![v2]);
         assert!(registry.delete("hello").expect("delete"));
@@ -298,7 +343,7 @@ mod tests {
 
         // A name deployed again after a delete goes on counting, across a restart too.
         drop(registry);
-        let registry = Registry::open(&data).expect("reopen");
+        let registry = EmbeddedRegistry::open(&data).expect("reopen");
         let again = registry.deploy("hello", &info.digest, &config, None).expect("v3");
         assert_eq!(again.version, 3);
     }

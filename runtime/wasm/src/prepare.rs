@@ -283,10 +283,15 @@ fn exports_p3_handler(bytes: &[u8]) -> bool {
                 depth += 1
             }
             wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
-            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
-                if exports.into_iter().flatten().any(|e| e.name.name.starts_with("wasi:http/handler@0.3.")) {
-                    return true;
-                }
+            wasmparser::Payload::ComponentExportSection(exports)
+                if depth == 0
+                    && exports
+                        .clone()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| e.name.name.starts_with("wasi:http/handler@0.3.")) =>
+            {
+                return true;
             }
             _ => {}
         }

@@ -1,0 +1,124 @@
+//! Several gateways sharing one real PostgreSQL (issue 16): a deploy through one is served by
+//! the others, a delete likewise; the artifact one gateway received is loaded by the others from
+//! the store; every gateway lists the cluster's nodes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::postgres::Postgres;
+use support::{TestServer, header};
+
+fn gateway(postgres: &Postgres, data: &std::path::Path) -> TestServer {
+    TestServer::start_with(data, &["--store", &postgres.url()])
+}
+
+/// Calls `/fn/{name}{path}` on `server` until `done` accepts the status and body.
+async fn wait_call(server: &TestServer, name: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = server.get(name, path).await;
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("body");
+        if done(status, &body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{} never answered as expected: last {status} {body}", server.url);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn gateways_sharing_postgres_serve_each_others_deploys() {
+    let postgres = Postgres::start();
+    let (a_dir, b_dir, c_dir) =
+        (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"), tempfile::tempdir().expect("c"));
+    let a = gateway(&postgres, a_dir.path());
+    let b = gateway(&postgres, b_dir.path());
+    let c = gateway(&postgres, c_dir.path());
+
+    // Deployed through A (which alone received the upload), served by B and C.
+    let deployed = a
+        .deploy(
+            "hello",
+            amphi_guest_artifacts::RUST_HTTP_COMPONENT,
+            json!({ "env": { "VERSION_TAG": "one" } }),
+        )
+        .await;
+    assert_eq!(deployed["version"], 1);
+    for other in [&b, &c] {
+        let body = wait_call(other, "hello", "/sleep?ms=0", |status, _| status == 200).await;
+        assert_eq!(body, "one");
+    }
+
+    // Updated through B: A and C serve the new version.
+    let patched = b
+        .admin(Method::PATCH, "/functions/hello")
+        .json(&json!({ "env": { "VERSION_TAG": "two" } }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 201, "{}", patched.text().await.unwrap_or_default());
+    for other in [&a, &c] {
+        wait_call(other, "hello", "/sleep?ms=0", |status, body| status == 200 && body == "two").await;
+    }
+    let served = c.get("hello", "/").await;
+    let record = c.record(header(&served, "amphi-invocation-id")).await;
+    assert_eq!(record["invocation"]["version"], 2, "{record}");
+
+    // Every gateway describes the same versions.
+    let described = c.describe("hello").await;
+    assert_eq!(described["versions"].as_array().map(Vec::len), Some(2), "{described}");
+
+    // Deleted through C: A and B stop serving it.
+    let deleted = c.admin(Method::DELETE, "/functions/hello").send().await.expect("delete");
+    assert_eq!(deleted.status(), 204);
+    for other in [&a, &b] {
+        wait_call(other, "hello", "/", |status, _| status == 404).await;
+    }
+
+    // The cluster's nodes, from any gateway and from the CLI.
+    let nodes: Value =
+        b.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+    let nodes = nodes.as_array().expect("a list");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert!(nodes.iter().all(|n| n["state"] == "up"), "{nodes:?}");
+    for server in [&a, &b, &c] {
+        let address = server.url.trim_start_matches("http://");
+        assert!(nodes.iter().any(|n| n["address"] == address), "{address} missing from {nodes:?}");
+    }
+    let listed = support::stdout(&a.cli(&["nodes"]));
+    assert_eq!(listed.lines().filter(|l| l.contains(" up ")).count(), 3, "{listed}");
+}
+
+/// A gateway started after the deploys routes them from the store at once, and one restarted
+/// keeps them; a deploy made while a gateway was down is routed when it is back.
+#[tokio::test]
+async fn a_gateway_joining_late_routes_what_the_store_holds() {
+    let postgres = Postgres::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+    let a = gateway(&postgres, a_dir.path());
+    a.deploy("early", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
+    let mut b = gateway(&postgres, b_dir.path());
+    assert_eq!(b.get("early", "/").await.status(), 200);
+
+    b.stop();
+    a.deploy("while-away", amphi_guest_artifacts::RUST_CGI_MODULE, json!({})).await;
+    let b = gateway(&postgres, b_dir.path());
+    assert_eq!(b.get("early", "/").await.status(), 200);
+    assert_eq!(b.get("while-away", "/").await.status(), 200);
+}
+
+/// An embedded gateway is a cluster of one.
+#[tokio::test]
+async fn an_embedded_gateway_lists_itself_as_its_only_node() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(temp.path());
+    let nodes: Value =
+        server.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+    assert_eq!(nodes[0]["address"], server.url.trim_start_matches("http://"));
+    assert_eq!(nodes[0]["state"], "up");
+}

@@ -1,0 +1,128 @@
+//! A real PostgreSQL server of the test's own (Debian's `postgresql-15`): `initdb` in a temporary
+//! directory, `postgres` on a free loopback port, stopped when dropped. As root it runs as the
+//! `postgres` user (through `setpriv`, which execs: the child is the server itself), since
+//! PostgreSQL refuses to run as root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Postgres {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+/// The directory of the server's programs, or a panic naming what to install.
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("postgres").exists() && bin.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server found under /usr/lib/postgresql; install it: apt-get install postgresql-15"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `program` run as the `postgres` user when this process is root.
+fn as_server_user(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl Postgres {
+    /// Starts a fresh server; its superuser `amphi` needs no password on loopback.
+    pub fn start() -> Self {
+        let bin = bin_dir();
+        let dir = tempfile::Builder::new().prefix("amphi-pg-").tempdir().expect("tempdir");
+        if is_root() {
+            let status = Command::new("chown").args(["postgres:postgres"]).arg(dir.path()).status();
+            assert!(status.is_ok_and(|s| s.success()), "chown of the PostgreSQL directory");
+        }
+        let data = dir.path().join("data");
+        let initdb = as_server_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "amphi", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("initdb runs");
+        assert!(initdb.status.success(), "initdb: {}", String::from_utf8_lossy(&initdb.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut server = Self { child: None, dir, port };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = as_server_user(&bin_dir().join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .arg(self.dir.path())
+            .args(["-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not start listening on {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `postgres://amphi@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://amphi@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (a fast shutdown) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGINT: PostgreSQL's fast shutdown.
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

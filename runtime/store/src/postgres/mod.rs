@@ -1,0 +1,146 @@
+//! The networked store: PostgreSQL, shared by every gateway of a cluster (`amphi serve --store
+//! postgres://…`).
+//!
+//! One [`PgStore`] per process holds a connection pool (`deadpool-postgres` over
+//! `tokio-postgres`) on a small runtime of its own, so the blocking API the rest of the store
+//! offers (called off the async threads, like SQLite) waits on PostgreSQL without entering the
+//! caller's runtime. Versioned migrations (`refinery`, `migrations/postgres/`) are applied at
+//! open under an advisory lock, so gateways starting at once apply each exactly once.
+//!
+//! - [`registry`]: functions, versions and artifact metadata ([`crate::registry::Registry`]);
+//! - [`chunks`]: artifact bytes, content-addressed, in chunks;
+//! - [`nodes`]: the gateways of the cluster and when each was last seen;
+//! - [`changes`]: `LISTEN`/`NOTIFY` on function changes, so every gateway routes a deploy at once.
+
+pub mod changes;
+pub mod chunks;
+pub mod nodes;
+pub mod registry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::StoreError;
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// Any number the cluster's gateways agree on: the advisory lock held while migrating.
+const MIGRATION_LOCK: i64 = 0x616d_7068_6921;
+
+/// How long a store call waits for a connection or an answer before it fails as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection pool to the cluster's PostgreSQL.
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// Taken on drop: a runtime dropped on an async thread must be shut down in the background.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host/db`), applies the migrations not applied yet, and
+    /// returns the store. Blocking.
+    pub fn connect(url: &str) -> Result<Arc<Self>, StoreError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Unavailable(format!("invalid store URL: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("amphi-postgres")
+            .enable_all()
+            .build()
+            .map_err(StoreError::io("starting the PostgreSQL client threads"))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = {
+            let _entered = runtime.enter();
+            Pool::builder(manager)
+                .max_size(16)
+                .wait_timeout(Some(CALL_TIMEOUT))
+                .create_timeout(Some(CALL_TIMEOUT))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::Unavailable(format!("cannot make the connection pool: {e}")))?
+        };
+        let store = Arc::new(Self { pool, config, handle: runtime.handle().clone(), runtime: Some(runtime) });
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Applies the migrations not applied yet, one gateway at a time.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let config = self.config.clone();
+        self.block(async move {
+            let (mut client, connection) = config.connect(NoTls).await?;
+            let driver = tokio::spawn(connection);
+            client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+            let applied = embedded::migrations::runner().run_async(&mut client).await;
+            client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+            drop(client);
+            let _ = driver.await;
+            applied.map(drop).map_err(|e| StoreError::Unavailable(format!("migrating the store: {e}")))
+        })
+    }
+
+    /// Runs `work` on the store's runtime and waits for it on this thread, whatever thread it
+    /// is (never an async one, except at start-up).
+    pub(crate) fn block<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        self.runtime().spawn(async move {
+            let _ = sender.send(work.await);
+        });
+        receiver.recv().map_err(|_| StoreError::Unavailable("the PostgreSQL client stopped".into()))?
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+        pool.get().await.map_err(|e| StoreError::Unavailable(format!("no connection to PostgreSQL: {e}")))
+    }
+
+    /// The pool, for work on the store's runtime.
+    pub(crate) fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// The connection settings, for connections of their own (`LISTEN`).
+    pub(crate) fn config(&self) -> tokio_postgres::Config {
+        self.config.clone()
+    }
+
+    /// The store's runtime, for its background tasks.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        // A closed connection or a server shutting down is the store being away, not bad data.
+        if error.is_closed() || error.as_db_error().is_none() {
+            StoreError::Unavailable(format!("PostgreSQL: {error}"))
+        } else {
+            StoreError::Postgres(error)
+        }
+    }
+}
