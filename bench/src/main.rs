@@ -7,6 +7,7 @@
 //! The servers measured run as child processes: the bare hyper floor (`floor`), the Amphi
 //! gateway (`gateway`, the code of `amphi serve`) and `wasmtime serve`. See `bench/README.md`.
 
+mod cluster;
 mod containers;
 mod density;
 mod jobs;
@@ -74,6 +75,8 @@ enum Command {
     Preinit(RunArgs),
     /// §9: WASI 0.3 components: the p3 hello, fresh and with reuse, against `wasmtime serve`.
     P3(RunArgs),
+    /// §10: gateways sharing PostgreSQL: deploy-to-served-everywhere latency, per-call cost.
+    Cluster(RunArgs),
     /// (child process) A bare hyper HTTP/1.1 hello-world server.
     #[command(hide = true)]
     Floor { listen: SocketAddr },
@@ -88,6 +91,9 @@ enum Command {
         workers: usize,
         #[arg(long)]
         log_max_lines: u64,
+        /// A PostgreSQL store shared with other gateways.
+        #[arg(long)]
+        store: Option<String>,
     },
 }
 
@@ -145,8 +151,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Floor { listen } => current_thread()?.block_on(floor(listen)),
-        Command::Gateway { listen, data, ready_instances, workers, log_max_lines } => {
-            gateway(listen, data, ready_instances, workers, log_max_lines)
+        Command::Gateway { listen, data, ready_instances, workers, log_max_lines, store } => {
+            gateway(listen, data, ready_instances, workers, log_max_lines, store)
         }
         Command::All(args) => multi_thread()?.block_on(run(args, &SECTIONS, DEFAULT_EXAMPLE)),
         Command::Wasm(args) => multi_thread()?.block_on(run(args, &["wasm"], DEFAULT_EXAMPLE)),
@@ -162,6 +168,7 @@ fn main() -> Result<()> {
         Command::Jobs(args) => multi_thread()?.block_on(run(args, &["jobs"], DEFAULT_EXAMPLE)),
         Command::Preinit(args) => multi_thread()?.block_on(run(args, &["preinit"], DEFAULT_EXAMPLE)),
         Command::P3(args) => multi_thread()?.block_on(run(args, &["p3"], DEFAULT_EXAMPLE)),
+        Command::Cluster(args) => multi_thread()?.block_on(run(args, &["cluster"], DEFAULT_EXAMPLE)),
     }
 }
 
@@ -169,7 +176,7 @@ fn main() -> Result<()> {
 const DEFAULT_EXAMPLE: &str = "python-http";
 
 /// Every section, in the order `all` runs them.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "wasm",
     "choices",
     "startup",
@@ -181,6 +188,7 @@ const SECTIONS: [&str; 11] = [
     "jobs",
     "preinit",
     "p3",
+    "cluster",
 ];
 
 async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
@@ -203,7 +211,8 @@ async fn run(args: RunArgs, sections: &[&str], example: &str) -> Result<()> {
             "logs" => logstore::run(&plan).await,
             "jobs" => jobs::run(&plan).await,
             "preinit" => preinit::run(&plan).await,
-            _ => p3::run(&plan).await,
+            "p3" => p3::run(&plan).await,
+            _ => cluster::run(&plan).await,
         }
         .with_context(|| format!("the {name} section failed"))?;
         done.push(section);
@@ -299,6 +308,7 @@ fn gateway(
     ready_instances: usize,
     workers: usize,
     log_max_lines: u64,
+    store: Option<String>,
 ) -> Result<()> {
     // Like `amphi serve`: the runtime that starts the server coordinates; the workers serve.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -308,6 +318,7 @@ fn gateway(
         config.wasm.ready.per_function = ready_instances;
         config.workers = workers;
         config.logs.max_lines = log_max_lines;
+        config.store = store;
         let server = amphi_gateway::Server::bind(config).await?;
         server.run(async { tokio::signal::ctrl_c().await.unwrap_or(()) }).await?;
         Ok(())

@@ -82,6 +82,19 @@ impl ChildServer {
         Self::start(command, addr)
     }
 
+    /// The gateway on `data`, its registry and artifacts in the PostgreSQL at `store`.
+    pub fn gateway_with_store(data: &Path, store: &str) -> Result<Self> {
+        let addr = free_port()?;
+        let options = GatewayOptions::default();
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg("gateway").arg(addr.to_string()).arg(data);
+        command.args(["--ready-instances", &options.ready_instances.to_string()]);
+        command.args(["--workers", &options.workers.to_string()]);
+        command.args(["--log-max-lines", &options.log_max_lines.to_string()]);
+        command.args(["--store", store]);
+        Self::start(command, addr)
+    }
+
     /// `wasmtime serve` of `component`, pooling allocator on.
     pub fn wasmtime_serve(component: &Path) -> Result<Self> {
         let addr = free_port()?;

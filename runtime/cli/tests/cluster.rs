@@ -6,9 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use amphi_test_postgres::Postgres;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::postgres::Postgres;
 use support::{TestServer, header};
 
 fn gateway(postgres: &Postgres, data: &std::path::Path) -> TestServer {
@@ -121,4 +121,51 @@ async fn an_embedded_gateway_lists_itself_as_its_only_node() {
     assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
     assert_eq!(nodes[0]["address"], server.url.trim_start_matches("http://"));
     assert_eq!(nodes[0]["state"], "up");
+}
+
+/// PostgreSQL going away: calls of functions already routed go on; admin calls that need the
+/// store answer 503 problem+json; once it is back, everything works again and nothing
+/// acknowledged is lost.
+#[tokio::test]
+async fn calls_go_on_and_admin_answers_503_while_postgres_is_down() {
+    let mut postgres = Postgres::start();
+    let temp = tempfile::tempdir().expect("tempdir");
+    let a = gateway(&postgres, temp.path());
+    let deployed = a.deploy("hello", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
+    let digest = deployed["digest"].clone();
+
+    postgres.stop();
+    for _ in 0..20 {
+        assert_eq!(a.get("hello", "/").await.status(), 200, "a routed function is served without the store");
+    }
+    let refused = a
+        .admin(Method::PUT, "/functions/other")
+        .json(&json!({ "digest": digest, "config": {} }))
+        .send()
+        .await
+        .expect("deploy");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(header(&refused, "content-type"), "application/problem+json");
+    let problem: Value = refused.json().await.expect("problem");
+    assert!(problem["detail"].as_str().unwrap_or("").contains("store is unavailable"), "{problem}");
+    let described = a.admin(Method::GET, "/functions/hello").send().await.expect("describe");
+    assert_eq!(described.status(), 503);
+
+    postgres.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let answer = a
+            .admin(Method::PUT, "/functions/other")
+            .json(&json!({ "digest": digest, "config": {} }))
+            .send()
+            .await
+            .expect("deploy");
+        if answer.status() != 503 || Instant::now() > deadline {
+            break answer.status();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 201, "deploys work again once PostgreSQL is back");
+    assert_eq!(a.describe("hello").await["versions"].as_array().map(Vec::len), Some(1));
+    assert_eq!(a.get("other", "/").await.status(), 200);
 }

@@ -162,7 +162,10 @@ async fn static_binary_in_a_scratch_image() {
     let id = header(&response, "amphi-invocation-id").to_string();
     let body = response.text().await.expect("body");
     assert_eq!(body, format!("hello from a static binary in a scratch image: POST /a/b?c=d ({id})\n"));
-    let record = server.record(&id).await;
+    // A container's output reaches the store on its own stream, possibly just after the record.
+    let record = server
+        .wait_for(&format!("/invocations/{id}"), |v| v["logs"].as_array().is_some_and(|l| !l.is_empty()))
+        .await;
     assert_eq!(record["logs"][0]["line"], "static-hello: served POST /a/b?c=d");
 
     // The same image under a name of its own, deployed by reference: nothing is uploaded.

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 pub mod docker;
-pub mod postgres;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,131 @@
+//! §10, gateways sharing PostgreSQL (`--store`): how soon a deploy made through one gateway is
+//! served by the others, and what the shared store costs a call.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+
+use crate::load::{Percentiles, WrkRun, wrk};
+use crate::report::{Goal, Section};
+use crate::servers::{Admin, ChildServer, GatewayOptions, Http, http};
+use crate::{Plan, temp_data};
+
+/// Most a deploy may take to be served by every gateway.
+const GOAL_SERVED_EVERYWHERE_MS: f64 = 1000.0;
+/// Most throughput the shared store may cost a call.
+const GOAL_STORE_COST: f64 = 0.10;
+
+/// Runs the section.
+pub async fn run(plan: &Plan) -> Result<Section> {
+    let deploys = if plan.rounds > 1 { 50 } else { 10 };
+    let mut section = Section::new(
+        "10. Gateways sharing PostgreSQL",
+        format!(
+            "A PostgreSQL 15 server of the run's own (initdb in a temporary directory, loopback, \
+             default settings), three gateways with `--store` on it (`A`, `B`, `C`, each its own \
+             data directory). {deploys} deploys of `guest-examples/rust-http` through A, each with a \
+             new `VERSION_TAG`: the time from sending the `PUT` until B and C both answer \
+             `/sleep?ms=0` with the new tag (polled every millisecond). Then the wasm hello at 16 \
+             connections on one gateway with `--store` against one embedded gateway, alternated \
+             in {} round(s) of {} s, medians.",
+            plan.rounds, plan.seconds
+        ),
+    );
+    section.columns(&["what", "p50", "p99", "note"]);
+
+    let postgres = amphi_test_postgres::Postgres::start();
+    let data = temp_data("cluster")?;
+    let gateways = ["a", "b", "c"]
+        .iter()
+        .map(|name| ChildServer::gateway_with_store(&data.join(name), &postgres.url()))
+        .collect::<Result<Vec<_>>>()?;
+    let admin = Admin::new(gateways[0].addr);
+    let component = Path::new(amphi_guest_artifacts::RUST_HTTP_COMPONENT);
+    let digest = admin.upload(std::fs::read(component)?, "application/wasm").await?;
+    let client = http();
+    let mut served_ms = Vec::new();
+    for round in 0..deploys {
+        let tag = format!("v{round}");
+        let began = Instant::now();
+        admin.deploy("hello", &digest, json!({ "env": { "VERSION_TAG": tag } })).await?;
+        for other in &gateways[1..] {
+            let url = format!("http://{}/fn/hello/sleep?ms=0", other.addr);
+            loop {
+                if body_of(&client, &url).await? == tag {
+                    break;
+                }
+                if began.elapsed() > Duration::from_secs(30) {
+                    bail!("{} did not serve {tag} within 30 s", other.addr);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        served_ms.push(began.elapsed().as_secs_f64() * 1e3);
+    }
+    let served = Percentiles::of(served_ms);
+    section.row(vec![
+        "deploy through A → served by B and C".into(),
+        format!("{:.1} ms", served.p50),
+        format!("{:.1} ms", served.p99),
+        format!("{deploys} deploys; includes the deploy itself (compile cached, one PostgreSQL transaction)"),
+    ]);
+    section.goals.push(Goal::new(
+        format!("a deploy is served by every gateway within {GOAL_SERVED_EVERYWHERE_MS:.0} ms (p99)"),
+        format!("p50 {:.1} ms, p99 {:.1} ms", served.p50, served.p99),
+        served.p99 <= GOAL_SERVED_EVERYWHERE_MS,
+    ));
+    drop(gateways);
+
+    let shared = ChildServer::gateway_with_store(&data.join("shared"), &postgres.url())?;
+    let embedded = ChildServer::gateway(&data.join("embedded"), &GatewayOptions::default())?;
+    for server in [&shared, &embedded] {
+        Admin::new(server.addr).deploy_wasm("hello", component).await?;
+    }
+    let urls = [format!("http://{}/fn/hello", shared.addr), format!("http://{}/fn/hello", embedded.addr)];
+    for url in &urls {
+        wrk(url, 16, 1)?; // warm-up
+    }
+    let mut runs: [Vec<WrkRun>; 2] = Default::default();
+    for _ in 0..plan.rounds {
+        for (index, url) in urls.iter().enumerate() {
+            runs[index].push(wrk(url, 16, plan.seconds)?);
+        }
+    }
+    let (with_store, alone) = (WrkRun::median_of(&runs[0]), WrkRun::median_of(&runs[1]));
+    let cost = 1.0 - with_store.rps / alone.rps;
+    for (name, run) in [("hello, gateway with `--store`", with_store), ("hello, embedded gateway", alone)] {
+        section.row(vec![
+            name.into(),
+            format!("{:.0} µs", run.p50_us),
+            format!("{:.0} µs", run.p99_us),
+            format!("{:.0} req/s at 16 connections", run.rps),
+        ]);
+    }
+    section.goals.push(Goal::new(
+        format!("`--store postgres` costs ≤ {:.0}% of a call's throughput", GOAL_STORE_COST * 100.0),
+        format!(
+            "{:.0} vs {:.0} req/s: {:+.1}% (records and logs are still kept per gateway, not in \
+             PostgreSQL: what this measures is routing from a shared registry)",
+            with_store.rps,
+            alone.rps,
+            -cost * 100.0
+        ),
+        cost <= GOAL_STORE_COST,
+    ));
+    drop((shared, embedded));
+    drop(postgres);
+    std::fs::remove_dir_all(&data).context("removing the run's data")?;
+    Ok(section)
+}
+
+/// The body of a GET of `url`, whatever its status.
+async fn body_of(client: &Http, url: &str) -> Result<String> {
+    let response = client.request(hyper::Request::get(url).body(Full::new(Bytes::new()))?).await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
