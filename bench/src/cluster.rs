@@ -38,7 +38,7 @@ pub async fn run(plan: &Plan) -> Result<Section> {
     );
     section.columns(&["what", "p50", "p99", "note"]);
 
-    let postgres = amphi_test_postgres::Postgres::start();
+    let postgres = amphi_test_services::Postgres::start();
     let data = temp_data("cluster")?;
     let gateways = ["a", "b", "c"]
         .iter()

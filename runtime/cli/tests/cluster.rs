@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use amphi_test_postgres::Postgres;
+use amphi_test_services::{Haproxy, Postgres};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::{TestServer, header};
@@ -168,4 +168,75 @@ async fn calls_go_on_and_admin_answers_503_while_postgres_is_down() {
     assert_eq!(status, 201, "deploys work again once PostgreSQL is back");
     assert_eq!(a.describe("hello").await["versions"].as_array().map(Vec::len), Some(1));
     assert_eq!(a.get("other", "/").await.status(), 200);
+}
+
+/// Three gateways behind a real HAProxy: one killed with SIGKILL under load loses only the calls
+/// it had in flight; a deploy acknowledged through the load balancer after it is served by the
+/// others.
+#[tokio::test]
+async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
+    const CLIENTS: usize = 8;
+    let postgres = Postgres::start();
+    let dirs =
+        [tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"), tempfile::tempdir().expect("c")];
+    let a = gateway(&postgres, dirs[0].path());
+    let b = gateway(&postgres, dirs[1].path());
+    let mut c = gateway(&postgres, dirs[2].path());
+    let addr = |server: &TestServer| server.url.trim_start_matches("http://").parse().expect("an address");
+    let balancer = Haproxy::start(&[addr(&a), addr(&b), addr(&c)]);
+    a.deploy("hello", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
+    for other in [&b, &c] {
+        wait_call(other, "hello", "/", |status, _| status == 200).await;
+    }
+
+    let url = format!("http://{}/fn/hello/sleep?ms=20", balancer.addr);
+    let started = Instant::now();
+    let load = (0..CLIENTS).map(|_| {
+        let (url, http) = (url.clone(), reqwest::Client::new());
+        tokio::spawn(async move {
+            // (seconds since the start, whether it succeeded) of every call; bounded in count and time.
+            let mut calls = Vec::new();
+            while calls.len() < 1000 && started.elapsed() < Duration::from_secs(4) {
+                let ok = match http.get(&url).send().await {
+                    Ok(response) => response.status() == 200 && response.text().await.is_ok(),
+                    Err(_) => false,
+                };
+                calls.push((started.elapsed(), ok));
+            }
+            calls
+        })
+    });
+    let load: Vec<_> = load.collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let killed_at = started.elapsed();
+    c.kill();
+
+    // A deploy acknowledged through the balancer while one node is gone is served by the others.
+    let lb = TestServer::attach(&format!("http://{}", balancer.addr));
+    lb.deploy("after", amphi_guest_artifacts::RUST_CGI_MODULE, json!({})).await;
+    for other in [&a, &b] {
+        wait_call(other, "after", "/", |status, _| status == 200).await;
+    }
+
+    let mut calls = Vec::new();
+    for client in load {
+        calls.extend(client.await.expect("a load client"));
+    }
+    let failed: Vec<_> = calls.iter().filter(|(_, ok)| !ok).map(|(at, _)| *at).collect();
+    eprintln!(
+        "{} calls through the balancer, {} failed, node killed at {killed_at:?}",
+        calls.len(),
+        failed.len()
+    );
+    assert!(calls.len() > 100, "the load ran: {} calls", calls.len());
+    assert!(
+        failed.len() <= CLIENTS,
+        "{} of {} calls failed; at most the {CLIENTS} in flight on the killed node may",
+        failed.len(),
+        calls.len()
+    );
+    assert!(
+        failed.iter().all(|at| *at >= killed_at && *at < killed_at + Duration::from_secs(1)),
+        "calls failed away from the kill at {killed_at:?}: {failed:?}"
+    );
 }

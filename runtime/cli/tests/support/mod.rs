@@ -58,6 +58,12 @@ impl TestServer {
         Self { child: Some(child), url, data: data.to_path_buf(), http: reqwest::Client::new() }
     }
 
+    /// A handle on a server this test did not start (a load balancer in front of several): the
+    /// same helpers, nothing to stop.
+    pub fn attach(url: &str) -> Self {
+        Self { child: None, url: url.to_string(), data: PathBuf::new(), http: reqwest::Client::new() }
+    }
+
     /// Kills the server with SIGKILL: no clean-up of any kind.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

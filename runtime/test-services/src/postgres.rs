@@ -1,4 +1,4 @@
-//! A real PostgreSQL server of a test's (or a benchmark's) own (Debian's `postgresql-15`): `initdb` in a temporary
+//! A PostgreSQL server (Debian's `postgresql-15`): `initdb` in a temporary
 //! directory, `postgres` on a free loopback port, stopped when dropped. As root it runs as the
 //! `postgres` user (through `setpriv`, which execs: the child is the server itself), since
 //! PostgreSQL refuses to run as root.
