@@ -10,7 +10,7 @@ use serde_json::json;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 
-use crate::load::{Percentiles, WrkRun, wrk};
+use crate::load::{Percentiles, alternated, wrk};
 use crate::report::{Goal, Section};
 use crate::servers::{Admin, ChildServer, GatewayOptions, Http, http};
 use crate::{Plan, temp_data};
@@ -90,13 +90,8 @@ pub async fn run(plan: &Plan) -> Result<Section> {
     for url in &urls {
         wrk(url, 16, 1)?; // warm-up
     }
-    let mut runs: [Vec<WrkRun>; 2] = Default::default();
-    for _ in 0..plan.rounds {
-        for (index, url) in urls.iter().enumerate() {
-            runs[index].push(wrk(url, 16, plan.seconds)?);
-        }
-    }
-    let (with_store, alone) = (WrkRun::median_of(&runs[0]), WrkRun::median_of(&runs[1]));
+    let medians = alternated(&urls, 16, plan.seconds, plan.rounds)?;
+    let (with_store, alone) = (medians[0], medians[1]);
     let cost = 1.0 - with_store.rps / alone.rps;
     for (name, run) in [("hello, gateway with `--store`", with_store), ("hello, embedded gateway", alone)] {
         section.row(vec![

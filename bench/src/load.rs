@@ -59,6 +59,18 @@ impl WrkRun {
     }
 }
 
+/// `wrk` at `connections` on each of `urls` for `seconds`, the servers alternated in `rounds`
+/// rounds (so noise on a shared machine falls on all of them); the median run of each, in order.
+pub fn alternated(urls: &[String], connections: u32, seconds: u32, rounds: usize) -> Result<Vec<WrkRun>> {
+    let mut runs = vec![Vec::new(); urls.len()];
+    for _ in 0..rounds {
+        for (index, url) in urls.iter().enumerate() {
+            runs[index].push(wrk(url, connections, seconds)?);
+        }
+    }
+    Ok(runs.iter().map(|r| WrkRun::median_of(r)).collect())
+}
+
 /// Fails unless `wrk` is installed.
 pub fn require_wrk() -> Result<()> {
     if Command::new("wrk").arg("--version").output().is_err() {

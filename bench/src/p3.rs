@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::load::{WrkRun, call_ok, wrk};
+use crate::load::{alternated, call_ok, wrk};
 use crate::report::{Goal, Section};
 use crate::servers::{Admin, ChildServer, GatewayOptions, http};
 use crate::{Plan, temp_data};
@@ -73,13 +73,7 @@ pub async fn run(plan: &Plan) -> Result<Section> {
     ]);
     let mut figures = serde_json::Map::new();
     for connections in [1u32, 16] {
-        let mut runs: [Vec<WrkRun>; 5] = Default::default();
-        for _ in 0..plan.rounds {
-            for (index, url) in urls.iter().enumerate() {
-                runs[index].push(wrk(url, connections, plan.seconds)?);
-            }
-        }
-        let medians: Vec<WrkRun> = runs.iter().map(|r| WrkRun::median_of(r)).collect();
+        let medians = alternated(&urls, connections, plan.seconds, plan.rounds)?;
         let (floor_run, wasmtime_run) = (medians[0], medians[4]);
         for (name, run) in SERVERS.iter().zip(&medians) {
             section.row(vec![

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::json;
 use wasm_encoder::Section as _;
 
-use crate::load::{Percentiles, WrkRun, call_ok, wrk};
+use crate::load::{Percentiles, WrkRun, alternated, call_ok, wrk};
 use crate::report::{BarGroup, Chart, Goal, Section};
 use crate::servers::{Admin, ChildServer, GatewayOptions, http};
 use crate::{Plan, temp_data};
@@ -65,13 +65,7 @@ pub async fn hello(plan: &Plan, chart: &mut Chart) -> Result<Section> {
     let mut figures = serde_json::Map::new();
     let mut goals = Vec::new();
     for connections in [1u32, 16, 64] {
-        let mut runs: [Vec<WrkRun>; 4] = Default::default();
-        for _ in 0..plan.rounds {
-            for (index, url) in urls.iter().enumerate() {
-                runs[index].push(wrk(url, connections, plan.seconds)?);
-            }
-        }
-        let medians: Vec<WrkRun> = runs.iter().map(|r| WrkRun::median_of(r)).collect();
+        let medians = alternated(&urls, connections, plan.seconds, plan.rounds)?;
         let (floor_run, wasmtime_run) = (medians[0], medians[2]);
         for (name, run) in SERVERS.iter().zip(&medians) {
             section.row(vec![

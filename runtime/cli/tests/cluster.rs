@@ -239,4 +239,26 @@ async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
         failed.iter().all(|at| *at >= killed_at && *at < killed_at + Duration::from_secs(1)),
         "calls failed away from the kill at {killed_at:?}: {failed:?}"
     );
+
+    // The killed node is listed as gone once it has not been seen for 10 s.
+    let killed = c.url.trim_start_matches("http://").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes: Value =
+            a.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+        let state = |address: &str| {
+            nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["address"] == address)
+                .map(|n| n["state"].clone())
+        };
+        if state(&killed) == Some(json!("gone")) {
+            assert_eq!(state(a.url.trim_start_matches("http://")), Some(json!("up")), "{nodes}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the killed node is never listed as gone: {nodes}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
