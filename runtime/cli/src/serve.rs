@@ -165,9 +165,16 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let server = Server::bind(config).await.context("cannot start the server")?;
     let addr = server.local_addr()?;
     let (token, source) = server.token();
-    if source == TokenSource::Generated {
-        println!("admin token (generated; kept in {}/admin-token):", args.data.display());
-        println!("  export AMPHI_TOKEN={token}");
+    match source {
+        TokenSource::Generated => {
+            println!("admin token (generated; kept in {}/admin-token):", args.data.display());
+            println!("  export AMPHI_TOKEN={token}");
+        }
+        TokenSource::GeneratedShared => {
+            println!("admin token (generated; kept in the store, the same for every gateway sharing it):");
+            println!("  export AMPHI_TOKEN={token}");
+        }
+        TokenSource::Configured | TokenSource::Stored | TokenSource::Shared => {}
     }
     println!("Amphi listening on http://{addr}");
     println!("  functions: http://{addr}/fn/NAME    admin API: http://{addr}/v1");

@@ -262,3 +262,48 @@ async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Started without a token, the first gateway of a cluster makes one and keeps it in the store;
+/// every other gateway answers to it.
+#[tokio::test]
+async fn gateways_of_a_cluster_share_the_admin_token_the_first_one_made() {
+    use std::io::{BufRead as _, BufReader};
+    let postgres = Postgres::start();
+    let start = |data: &std::path::Path| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_amphi"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", &postgres.url(), "--data"])
+            .arg(data)
+            .env_remove("AMPHI_TOKEN")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("amphi serve starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut token, mut url) = (None, None);
+        while url.is_none() {
+            let line = lines.next().expect("a line before exiting").expect("utf-8");
+            if let Some(t) = line.trim().strip_prefix("export AMPHI_TOKEN=") {
+                token = Some(t.to_string());
+            }
+            url = line.strip_prefix("Amphi listening on ").map(|u| u.trim().to_string());
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        (child, token, url.expect("an address"))
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+    let (mut a, made, _) = start(a_dir.path());
+    let token = made.expect("the first gateway prints the token it made");
+    let (mut b, again, b_url) = start(b_dir.path());
+    assert_eq!(again, None, "the second gateway makes no token of its own");
+
+    let http = reqwest::Client::new();
+    let listed = http.get(format!("{b_url}/v1/functions")).bearer_auth(&token).send().await.expect("list");
+    assert_eq!(listed.status(), 200);
+    let refused =
+        http.get(format!("{b_url}/v1/functions")).bearer_auth("not-the-token").send().await.expect("list");
+    assert_eq!(refused.status(), 401);
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -49,6 +49,10 @@ pub enum TokenSource {
     Stored,
     /// Made now and stored in the data directory.
     Generated,
+    /// Read from the cluster's store, where another gateway made it.
+    Shared,
+    /// Made now and stored in the cluster's store, for every gateway sharing it.
+    GeneratedShared,
 }
 
 /// The platform.
@@ -97,22 +101,32 @@ impl Platform {
     /// Opens the data directory, starts the backends and loads the route table.
     pub fn open(config: ServeConfig) -> Result<(Self, TokenSource), GatewayError> {
         let data = DataDir::open(&config.data_dir)?;
-        let (token, source) = match (&config.token, data.stored_token()?) {
+        let shared = config.store.as_deref().map(PgStore::connect).transpose()?;
+        let (token, source) = match (&config.token, &shared) {
             (Some(token), _) => (token.clone(), TokenSource::Configured),
-            (None, Some(stored)) => (stored, TokenSource::Stored),
-            (None, None) => {
-                let token = new_token();
-                data.store_token(&token)?;
-                (token, TokenSource::Generated)
+            // Every gateway of a cluster answers to the one token the first of them made.
+            (None, Some(store)) => {
+                let settings = amphi_store::postgres::settings::PgSettings::new(store.clone());
+                match settings.get_or_set(amphi_store::postgres::settings::ADMIN_TOKEN, &new_token())? {
+                    (token, true) => (token, TokenSource::GeneratedShared),
+                    (token, false) => (token, TokenSource::Shared),
+                }
             }
+            (None, None) => match data.stored_token()? {
+                Some(stored) => (stored, TokenSource::Stored),
+                None => {
+                    let token = new_token();
+                    data.store_token(&token)?;
+                    (token, TokenSource::Generated)
+                }
+            },
         };
-        let (artifacts, registry, cluster) = match &config.store {
+        let (artifacts, registry, cluster) = match shared {
             None => {
                 let registry: Box<dyn Registry> = Box::new(EmbeddedRegistry::open(&data)?);
                 (Artifacts::open(&data)?, registry, None)
             }
-            Some(url) => {
-                let store = PgStore::connect(url)?;
+            Some(store) => {
                 let registry: Box<dyn Registry> = Box::new(PgRegistry::new(store.clone()));
                 let cluster = crate::cluster::Cluster::new(store.clone(), data.installation_id()?);
                 (Artifacts::shared(&data, store)?, registry, Some(cluster))

@@ -10,12 +10,14 @@
 //! - [`registry`]: functions, versions and artifact metadata ([`crate::registry::Registry`]);
 //! - [`chunks`]: artifact bytes, content-addressed, in chunks;
 //! - [`nodes`]: the gateways of the cluster and when each was last seen;
-//! - [`changes`]: `LISTEN`/`NOTIFY` on function changes, so every gateway routes a deploy at once.
+//! - [`changes`]: `LISTEN`/`NOTIFY` on function changes, so every gateway routes a deploy at once;
+//! - [`settings`]: what every gateway shares, such as the admin token.
 
 pub mod changes;
 pub mod chunks;
 pub mod nodes;
 pub mod registry;
+pub mod settings;
 
 use std::future::Future;
 use std::sync::Arc;
