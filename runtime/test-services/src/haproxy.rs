@@ -32,7 +32,7 @@ impl Haproxy {
         let mut config = format!(
             "global\n  maxconn 4000\n\
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  \
-             retries 3\n  option redispatch 1\n  option http-server-close\n\
+             retries 3\n  option redispatch 1\n\
              frontend gateways\n  bind {addr}\n  default_backend gateways\n\
              backend gateways\n  balance roundrobin\n  option httpchk GET /healthz\n  \
              default-server inter 100ms fall 2 rise 2\n"
