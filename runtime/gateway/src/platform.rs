@@ -365,7 +365,7 @@ impl Platform {
         };
         let platform = self.clone();
         blocking(move || {
-            platform.artifacts.put(&bytes).map_err(internal)?;
+            platform.artifacts.put(&bytes).map_err(stored)?;
             let info = ArtifactInfo { digest, kind, size: bytes.len() as u64 };
             platform.registry.add_artifact(&info).map_err(stored)?;
             Ok((info, true))
