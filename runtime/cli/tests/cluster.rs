@@ -48,6 +48,8 @@ async fn gateways_sharing_postgres_serve_each_others_deploys() {
         )
         .await;
     assert_eq!(deployed["version"], 1);
+    // The deploy is acknowledged: B serves it at once, notice or not (it asks the store).
+    assert_eq!(b.get("hello", "/").await.status(), 200);
     for other in [&b, &c] {
         let body = wait_call(other, "hello", "/sleep?ms=0", |status, _| status == 200).await;
         assert_eq!(body, "one");

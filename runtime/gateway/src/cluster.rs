@@ -3,10 +3,14 @@
 //! At start it registers itself in the store's list of nodes and says it is alive every few
 //! seconds; it follows the changes other gateways announce, so a function deployed or deleted
 //! anywhere is routed here at once (a full comparison with the registry whenever the change feed
-//! is (re)connected). An embedded gateway is a cluster of one: `GET /v1/nodes` lists itself.
+//! is (re)connected, and every [`RESYNC_EVERY`] in case a notice was lost without the connection
+//! failing). A call to a function this gateway has no route for asks the store first
+//! ([`route`]), so a deploy acknowledged elsewhere is served here even before its notice arrives.
+//! An embedded gateway is a cluster of one: `GET /v1/nodes` lists itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use amphi_contract::Problem;
 use amphi_store::StoreError;
@@ -15,19 +19,53 @@ use amphi_store::postgres::changes::{self, Change};
 use amphi_store::postgres::nodes::{Node, PgNodes};
 
 use crate::GatewayError;
-use crate::platform::{Platform, blocking, stored};
+use crate::platform::{Platform, Route, blocking, stored};
+
+/// How often the routes are compared with the registry, whatever the change feed said.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a name the store does not know is remembered as unknown, so calls to unknown names
+/// do not each reach the store.
+const UNKNOWN_FOR: Duration = Duration::from_secs(1);
 
 /// The cluster a gateway belongs to.
 pub struct Cluster {
     store: Arc<PgStore>,
     nodes: PgNodes,
     node_id: String,
+    unknown: moka::sync::Cache<String, ()>,
 }
 
 impl Cluster {
     /// This node (`node_id`) of the cluster sharing `store`.
     pub fn new(store: Arc<PgStore>, node_id: String) -> Self {
-        Self { nodes: PgNodes::new(store.clone()), store, node_id }
+        let unknown = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(UNKNOWN_FOR).build();
+        Self { nodes: PgNodes::new(store.clone()), store, node_id, unknown }
+    }
+}
+
+/// Where calls of `name` go: the route table's entry, or, in a cluster, the function's current
+/// version in the store when this gateway has no route for it yet.
+pub async fn route(platform: &Arc<Platform>, name: &str) -> Option<Route> {
+    if let Some(route) = platform.route(name) {
+        return Some(route);
+    }
+    let cluster = platform.cluster.as_ref()?;
+    if cluster.unknown.contains_key(name) {
+        return None;
+    }
+    let (looking, key) = (platform.clone(), name.to_string());
+    match blocking(move || looking.registry().current(&key).map_err(stored)).await {
+        Ok(Some(function)) => {
+            platform.follow_registry(name, Some(function));
+            platform.route(name)
+        }
+        Ok(None) => {
+            cluster.unknown.insert(name.to_string(), ());
+            None
+        }
+        // The store is away: the function is unknown here, as it was.
+        Err(_) => None,
     }
 }
 
@@ -42,8 +80,19 @@ pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), G
     cluster.nodes.keep_alive(&cluster.node_id);
 
     let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let resync = sender.clone();
     changes::listen(&cluster.store, move |change| {
         let _ = sender.send(change);
+    });
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RESYNC_EVERY);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if resync.send(Change::Resync).is_err() {
+                return;
+            }
+        }
     });
     let platform = Arc::downgrade(platform);
     tokio::spawn(async move {

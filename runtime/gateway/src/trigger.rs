@@ -47,7 +47,7 @@ pub async fn invoke(
     connection: ConnectionInfo,
 ) -> Response<ResponseBody> {
     let received = Instant::now();
-    let Some(route) = platform.route(name) else {
+    let Some(route) = crate::cluster::route(platform, name).await else {
         return no_such_function(name);
     };
     let backend = route.backend.kind();
