@@ -309,3 +309,20 @@ async fn gateways_of_a_cluster_share_the_admin_token_the_first_one_made() {
         let _ = child.wait();
     }
 }
+
+/// A gateway started while its PostgreSQL is not up yet (a cluster started all at once) waits for
+/// it instead of exiting.
+#[tokio::test]
+async fn a_gateway_started_before_postgres_waits_for_it() {
+    let mut postgres = Postgres::start();
+    postgres.stop();
+    let (url, temp) = (postgres.url(), tempfile::tempdir().expect("tempdir"));
+    let data = temp.path().to_path_buf();
+    let starting = std::thread::spawn(move || TestServer::start_with(&data, &["--store", &url]));
+    // The scenario, not a wait for an event: the gateway is started first.
+    std::thread::sleep(Duration::from_millis(500));
+    postgres.restart();
+    let gateway = starting.join().expect("the gateway started once PostgreSQL was up");
+    gateway.deploy("hello", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
+    assert_eq!(gateway.get("hello", "/").await.status(), 200);
+}

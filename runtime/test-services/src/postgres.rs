@@ -87,9 +87,16 @@ impl Postgres {
             .spawn()
             .expect("postgres starts");
         self.child = Some(child);
+        // Listening is not enough: a server still starting up refuses connections.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "PostgreSQL did not start listening on {}", self.port);
+        let ready = || {
+            Command::new(bin_dir().join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        while !ready() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not accept connections on {}", self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
     }

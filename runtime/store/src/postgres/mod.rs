@@ -38,6 +38,10 @@ const MIGRATION_LOCK: i64 = 0x616d_7068_6921;
 /// How long a store call waits for a connection or an answer before it fails as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a starting gateway waits for a PostgreSQL that is not accepting connections yet (a
+/// cluster and its database started together).
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
 /// A connection pool to the cluster's PostgreSQL.
 pub struct PgStore {
     pool: Pool,
@@ -75,8 +79,16 @@ impl PgStore {
                 .map_err(|e| StoreError::Unavailable(format!("cannot make the connection pool: {e}")))?
         };
         let store = Arc::new(Self { pool, config, handle: runtime.handle().clone(), runtime: Some(runtime) });
-        store.migrate()?;
-        Ok(store)
+        let started = std::time::Instant::now();
+        loop {
+            match store.migrate() {
+                Err(error) if error.is_transient() && started.elapsed() < START_PATIENCE => {
+                    tracing::warn!(%error, "PostgreSQL is not accepting connections yet; trying again");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                done => return done.map(|()| store),
+            }
+        }
     }
 
     /// Applies the migrations not applied yet, one gateway at a time.
@@ -136,10 +148,26 @@ impl Drop for PgStore {
     }
 }
 
+impl StoreError {
+    /// Whether trying again later may work: the store is away (not reachable, starting up or
+    /// shutting down).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
-        // A closed connection or a server shutting down is the store being away, not bad data.
-        if error.is_closed() || error.as_db_error().is_none() {
+        // A closed connection, or a server starting up or shutting down, is the store being away,
+        // not bad data.
+        let starting_or_stopping = error.code().is_some_and(|code| {
+            [
+                tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW,
+                tokio_postgres::error::SqlState::ADMIN_SHUTDOWN,
+            ]
+            .contains(code)
+        });
+        if error.is_closed() || error.as_db_error().is_none() || starting_or_stopping {
             StoreError::Unavailable(format!("PostgreSQL: {error}"))
         } else {
             StoreError::Postgres(error)
