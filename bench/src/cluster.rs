@@ -10,7 +10,7 @@ use serde_json::json;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 
-use crate::load::{Percentiles, alternated, wrk};
+use crate::load::{Percentiles, alternated, warm_up};
 use crate::report::{Goal, Section};
 use crate::servers::{Admin, ChildServer, GatewayOptions, Http, http};
 use crate::{Plan, temp_data};
@@ -88,9 +88,7 @@ pub async fn run(plan: &Plan) -> Result<Section> {
     let mut urls =
         vec![format!("http://{}/fn/hello", embedded.addr), format!("http://{}/fn/hello", addrs[0])];
     urls.extend(balancers.iter().map(|b| format!("http://{}/fn/hello", b.addr)));
-    for url in &urls {
-        wrk(url, 16, 1)?; // warm-up
-    }
+    warm_up(&urls, 16).await?;
     let medians = alternated(&urls, 16, plan.seconds, plan.rounds)?;
     let (alone, with_store) = (medians[0], medians[1]);
     let cost = 1.0 - with_store.rps / alone.rps;

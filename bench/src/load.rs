@@ -59,6 +59,17 @@ impl WrkRun {
     }
 }
 
+/// One call that must answer 200 and a 1 s `wrk` run at `connections` on each of `urls`, not
+/// counted: code loaded, instances made, connections open before anything is measured.
+pub async fn warm_up(urls: &[String], connections: u32) -> Result<()> {
+    let client = crate::servers::http();
+    for url in urls {
+        call_ok(&client, url).await?;
+        wrk(url, connections, 1)?;
+    }
+    Ok(())
+}
+
 /// `wrk` at `connections` on each of `urls` for `seconds`, the servers alternated in `rounds`
 /// rounds (so noise on a shared machine falls on all of them); the median run of each, in order.
 pub fn alternated(urls: &[String], connections: u32, seconds: u32, rounds: usize) -> Result<Vec<WrkRun>> {

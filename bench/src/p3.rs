@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::load::{alternated, call_ok, wrk};
+use crate::load::{alternated, warm_up};
 use crate::report::{Goal, Section};
-use crate::servers::{Admin, ChildServer, GatewayOptions, http};
+use crate::servers::{Admin, ChildServer, GatewayOptions};
 use crate::{Plan, temp_data};
 
 /// How many times `wasmtime serve`'s throughput Amphi's fresh-instance p3 hello should reach.
@@ -42,11 +42,7 @@ pub async fn run(plan: &Plan) -> Result<Section> {
         format!("http://{}/fn/p2", gateway.addr),
         format!("http://{}/", wasmtime.addr),
     ];
-    let client = http();
-    for url in &urls {
-        call_ok(&client, url).await?;
-        wrk(url, 1, 1)?; // warm-up, not counted
-    }
+    warm_up(&urls, 1).await?;
 
     let mut section = Section::new(
         "9. WASI 0.3 components",

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::json;
 use wasm_encoder::Section as _;
 
-use crate::load::{Percentiles, WrkRun, alternated, call_ok, wrk};
+use crate::load::{Percentiles, WrkRun, alternated, call_ok, warm_up, wrk};
 use crate::report::{BarGroup, Chart, Goal, Section};
 use crate::servers::{Admin, ChildServer, GatewayOptions, http};
 use crate::{Plan, temp_data};
@@ -33,11 +33,7 @@ pub async fn hello(plan: &Plan, chart: &mut Chart) -> Result<Section> {
         format!("http://{}/", wasmtime.addr),
         format!("http://{}/fn/cgi", gateway.addr),
     ];
-    let client = http();
-    for url in &urls {
-        call_ok(&client, url).await?;
-        wrk(url, 1, 1)?; // warm-up, not counted
-    }
+    warm_up(&urls, 1).await?;
 
     let mut section = Section::new(
         "1. Wasm hello: a fresh instance per request",

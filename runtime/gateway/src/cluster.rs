@@ -31,7 +31,7 @@ const UNKNOWN_FOR: Duration = Duration::from_secs(1);
 /// The cluster a gateway belongs to.
 pub struct Cluster {
     store: Arc<PgStore>,
-    nodes: PgNodes,
+    nodes: Arc<PgNodes>,
     node_id: String,
     unknown: moka::sync::Cache<String, ()>,
 }
@@ -40,7 +40,7 @@ impl Cluster {
     /// This node (`node_id`) of the cluster sharing `store`.
     pub fn new(store: Arc<PgStore>, node_id: String) -> Self {
         let unknown = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(UNKNOWN_FOR).build();
-        Self { nodes: PgNodes::new(store.clone()), store, node_id, unknown }
+        Self { nodes: Arc::new(PgNodes::new(store.clone())), store, node_id, unknown }
     }
 }
 
@@ -73,7 +73,7 @@ pub async fn route(platform: &Arc<Platform>, name: &str) -> Option<Route> {
 pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), GatewayError> {
     let _ = platform.serving.set((address, amphi_contract::now_unix_us() / 1000));
     let Some(cluster) = &platform.cluster else { return Ok(()) };
-    let (id, nodes) = (cluster.node_id.clone(), PgNodes::new(cluster.store.clone()));
+    let (id, nodes) = (cluster.node_id.clone(), cluster.nodes.clone());
     tokio::task::spawn_blocking(move || nodes.register(&id, &address.to_string(), env!("CARGO_PKG_VERSION")))
         .await
         .map_err(|e| StoreError::Unavailable(format!("registering this node: {e}")))??;
@@ -146,6 +146,6 @@ pub async fn nodes(platform: &Arc<Platform>) -> Result<Vec<Node>, Problem> {
             state: "up",
         }]);
     };
-    let nodes = PgNodes::new(cluster.store.clone());
+    let nodes = cluster.nodes.clone();
     blocking(move || nodes.list().map_err(stored)).await
 }

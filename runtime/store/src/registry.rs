@@ -142,18 +142,7 @@ impl EmbeddedRegistry {
         };
         rows.into_iter()
             .map(|(name, version, digest, kind, config, created_at_ms, init)| {
-                Ok(FunctionVersion {
-                    name,
-                    version: version as u64,
-                    digest,
-                    kind: parse_kind(&kind)?,
-                    config: serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    created_at_ms: created_at_ms as u64,
-                    init: init
-                        .map(|init| serde_json::from_str(&init))
-                        .transpose()
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                })
+                decode_version(StoredVersion { name, version, digest, kind, config, created_at_ms, init })
             })
             .collect()
     }
@@ -195,9 +184,7 @@ impl Registry for EmbeddedRegistry {
         config: &FunctionConfig,
         init: Option<&InitSnapshot>,
     ) -> Result<FunctionVersion, StoreError> {
-        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-        let config_json = serde_json::to_string(config).map_err(corrupt)?;
-        let init_json = init.map(serde_json::to_string).transpose().map_err(corrupt)?;
+        let (config_json, init_json) = encode_version(config, init)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let kind: String = tx
@@ -305,7 +292,44 @@ impl Registry for EmbeddedRegistry {
     }
 }
 
-fn parse_kind(kind: &str) -> Result<ArtifactKind, StoreError> {
+/// A version's columns as both registries store them: config and snapshot as JSON text.
+pub(crate) struct StoredVersion {
+    pub name: String,
+    pub version: i64,
+    pub digest: String,
+    pub kind: String,
+    pub config: String,
+    pub created_at_ms: i64,
+    pub init: Option<String>,
+}
+
+/// The config and the snapshot of a version as stored (JSON text).
+pub(crate) fn encode_version(
+    config: &FunctionConfig,
+    init: Option<&InitSnapshot>,
+) -> Result<(String, Option<String>), StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    Ok((
+        serde_json::to_string(config).map_err(corrupt)?,
+        init.map(serde_json::to_string).transpose().map_err(corrupt)?,
+    ))
+}
+
+/// A version from its stored columns.
+pub(crate) fn decode_version(row: StoredVersion) -> Result<FunctionVersion, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    Ok(FunctionVersion {
+        name: row.name,
+        version: row.version as u64,
+        digest: row.digest,
+        kind: parse_kind(&row.kind)?,
+        config: serde_json::from_str(&row.config).map_err(corrupt)?,
+        created_at_ms: row.created_at_ms as u64,
+        init: row.init.map(|init| serde_json::from_str(&init)).transpose().map_err(corrupt)?,
+    })
+}
+
+pub(crate) fn parse_kind(kind: &str) -> Result<ArtifactKind, StoreError> {
     ArtifactKind::parse(kind).ok_or_else(|| StoreError::Corrupt(format!("unknown artifact kind `{kind}`")))
 }
 

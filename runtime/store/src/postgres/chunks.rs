@@ -22,9 +22,8 @@ impl PgChunks {
 
     /// Stores `bytes` under `digest` (once: a digest names one content). Blocking.
     pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let (pool, digest, bytes) = (self.store.pool(), digest.to_string(), bytes.to_vec());
-        self.store.block(async move {
-            let mut client = PgStore::client(&pool).await?;
+        let (digest, bytes) = (digest.to_string(), bytes.to_vec());
+        self.store.with_client(move |mut client| async move {
             let tx = client.transaction().await?;
             let present = tx.query_opt("SELECT 1 FROM artifact_chunks WHERE digest = $1 AND seq = 0", &[&digest]).await?;
             if present.is_none() {
@@ -42,9 +41,8 @@ impl PgChunks {
 
     /// The bytes stored under `digest`, if any. Blocking.
     pub fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let (pool, digest) = (self.store.pool(), digest.to_string());
-        self.store.block(async move {
-            let client = PgStore::client(&pool).await?;
+        let digest = digest.to_string();
+        self.store.with_client(move |client| async move {
             let rows = client
                 .query("SELECT bytes FROM artifact_chunks WHERE digest = $1 ORDER BY seq", &[&digest])
                 .await?;
@@ -61,9 +59,8 @@ impl PgChunks {
 
     /// Whether bytes are stored under `digest`. Blocking.
     pub fn has(&self, digest: &str) -> Result<bool, StoreError> {
-        let (pool, digest) = (self.store.pool(), digest.to_string());
-        self.store.block(async move {
-            let client = PgStore::client(&pool).await?;
+        let digest = digest.to_string();
+        self.store.with_client(move |client| async move {
             Ok(client
                 .query_opt("SELECT 1 FROM artifact_chunks WHERE digest = $1 AND seq = 0", &[&digest])
                 .await?
@@ -73,9 +70,8 @@ impl PgChunks {
 
     /// Removes the bytes under `digest`. Blocking.
     pub fn remove(&self, digest: &str) -> Result<(), StoreError> {
-        let (pool, digest) = (self.store.pool(), digest.to_string());
-        self.store.block(async move {
-            let client = PgStore::client(&pool).await?;
+        let digest = digest.to_string();
+        self.store.with_client(move |client| async move {
             client.execute("DELETE FROM artifact_chunks WHERE digest = $1", &[&digest]).await?;
             Ok(())
         })

@@ -119,12 +119,26 @@ impl PgStore {
         receiver.recv().map_err(|_| StoreError::Unavailable("the PostgreSQL client stopped".into()))?
     }
 
+    /// Runs `work` with a pooled connection on the store's runtime, blocking this thread until
+    /// it is done.
+    pub(crate) fn with_client<T, F>(
+        &self,
+        work: impl FnOnce(deadpool_postgres::Object) -> F + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        self.block(async move { work(Self::client(&pool).await?).await })
+    }
+
     /// A pooled connection.
     pub(crate) async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
         pool.get().await.map_err(|e| StoreError::Unavailable(format!("no connection to PostgreSQL: {e}")))
     }
 
-    /// The pool, for work on the store's runtime.
+    /// The pool, for background work on the store's runtime.
     pub(crate) fn pool(&self) -> Pool {
         self.pool.clone()
     }

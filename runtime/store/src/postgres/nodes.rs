@@ -43,12 +43,10 @@ impl PgNodes {
 
     /// Registers this gateway (again, after a restart). Blocking.
     pub fn register(&self, id: &str, address: &str, version: &str) -> Result<(), StoreError> {
-        let (pool, id, address, version) =
-            (self.store.pool(), id.to_string(), address.to_string(), version.to_string());
-        self.store.block(async move {
+        let (id, address, version) = (id.to_string(), address.to_string(), version.to_string());
+        self.store.with_client(move |client| async move {
             let now = now_ms() as i64;
-            PgStore::client(&pool)
-                .await?
+            client
                 .execute(
                     "INSERT INTO nodes (id, address, version, started_at_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $4)
                      ON CONFLICT (id) DO UPDATE SET address = $2, version = $3, started_at_ms = $4, last_seen_ms = $4",
@@ -80,10 +78,8 @@ impl PgNodes {
 
     /// Every gateway ever registered, by id. Blocking.
     pub fn list(&self) -> Result<Vec<Node>, StoreError> {
-        let pool = self.store.pool();
-        self.store.block(async move {
-            let rows = PgStore::client(&pool)
-                .await?
+        self.store.with_client(move |client| async move {
+            let rows = client
                 .query("SELECT id, address, version, started_at_ms, last_seen_ms FROM nodes ORDER BY id", &[])
                 .await?;
             let now = now_ms();

@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use amphi_contract::function::{ArtifactKind, FunctionConfig, FunctionVersion, InitSnapshot};
-use deadpool_postgres::Object;
+use amphi_contract::function::{FunctionConfig, FunctionVersion, InitSnapshot};
 use tokio_postgres::Row;
 
 use super::PgStore;
 use super::changes::notify_changed;
 use crate::StoreError;
-use crate::registry::{ArtifactInfo, Registry, now_ms};
+use crate::registry::{
+    ArtifactInfo, Registry, StoredVersion, decode_version, encode_version, now_ms, parse_kind,
+};
 
 /// The registry of a cluster.
 pub struct PgRegistry {
@@ -23,16 +24,6 @@ impl PgRegistry {
     pub fn new(store: Arc<PgStore>) -> Self {
         Self { store }
     }
-
-    /// Runs `work` with a pooled connection, blocking this thread until it is done.
-    fn with<T, F>(&self, work: impl FnOnce(Object) -> F + Send + 'static) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, StoreError>> + Send + 'static,
-    {
-        let pool = self.store.pool();
-        self.store.block(async move { work(PgStore::client(&pool).await?).await })
-    }
 }
 
 const SELECT_VERSION: &str = "SELECT v.name, v.version, v.digest, a.kind, v.config, v.created_at_ms, v.init
@@ -41,7 +32,7 @@ const SELECT_VERSION: &str = "SELECT v.name, v.version, v.digest, a.kind, v.conf
 impl Registry for PgRegistry {
     fn add_artifact(&self, info: &ArtifactInfo) -> Result<(), StoreError> {
         let info = info.clone();
-        self.with(move |client| async move {
+        self.store.with_client(move |client| async move {
             client
                 .execute(
                     "INSERT INTO artifacts (digest, kind, size, created_at_ms) VALUES ($1, $2, $3, $4)
@@ -55,7 +46,7 @@ impl Registry for PgRegistry {
 
     fn artifact_uploaded_again(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
         let digest = digest.to_string();
-        self.with(move |client| async move {
+        self.store.with_client(move |client| async move {
             let row = client
                 .query_opt(
                     "UPDATE artifacts SET created_at_ms = $2 WHERE digest = $1 RETURNING kind, size",
@@ -68,7 +59,7 @@ impl Registry for PgRegistry {
 
     fn artifact(&self, digest: &str) -> Result<Option<ArtifactInfo>, StoreError> {
         let digest = digest.to_string();
-        self.with(move |client| async move {
+        self.store.with_client(move |client| async move {
             let row =
                 client.query_opt("SELECT kind, size FROM artifacts WHERE digest = $1", &[&digest]).await?;
             row.map(|row| artifact_of(digest, row.get(0), row.get(1))).transpose()
@@ -82,12 +73,10 @@ impl Registry for PgRegistry {
         config: &FunctionConfig,
         init: Option<&InitSnapshot>,
     ) -> Result<FunctionVersion, StoreError> {
-        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-        let config_json = serde_json::to_string(config).map_err(corrupt)?;
-        let init_json = init.map(serde_json::to_string).transpose().map_err(corrupt)?;
+        let (config_json, init_json) = encode_version(config, init)?;
         let (name, digest, config, init) =
             (name.to_string(), digest.to_string(), config.clone(), init.cloned());
-        self.with(move |mut client| async move {
+        self.store.with_client(move |mut client| async move {
             let tx = client.transaction().await?;
             // One deploy of a name at a time across the cluster: the version numbers stay dense.
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&name]).await?;
@@ -138,7 +127,7 @@ impl Registry for PgRegistry {
     }
 
     fn unreferenced_artifacts(&self, before_ms: u64, keep: u64) -> Result<Vec<ArtifactInfo>, StoreError> {
-        self.with(move |client| async move {
+        self.store.with_client(move |client| async move {
             let rows = client
                 .query(
                     "SELECT a.digest, a.kind, a.size FROM artifacts a WHERE a.created_at_ms < $1 AND NOT EXISTS (
@@ -153,7 +142,7 @@ impl Registry for PgRegistry {
 
     fn remove_artifact_if_unused(&self, digest: &str, keep: u64) -> Result<bool, StoreError> {
         let digest = digest.to_string();
-        self.with(move |client| async move {
+        self.store.with_client(move |client| async move {
             let removed = client
                 .execute(
                     "DELETE FROM artifacts WHERE digest = $1 AND NOT EXISTS (
@@ -167,7 +156,7 @@ impl Registry for PgRegistry {
     }
 
     fn all_current(&self) -> Result<Vec<FunctionVersion>, StoreError> {
-        self.with(move |client| async move {
+        self.store.with_client(move |client| async move {
             let sql = format!(
                 "{SELECT_VERSION} JOIN functions f ON f.name = v.name AND f.current_version = v.version
                  ORDER BY v.name"
@@ -178,7 +167,7 @@ impl Registry for PgRegistry {
 
     fn current(&self, name: &str) -> Result<Option<FunctionVersion>, StoreError> {
         let name = name.to_string();
-        self.with(move |client| async move {
+        self.store.with_client(move |client| async move {
             let sql = format!(
                 "{SELECT_VERSION} JOIN functions f ON f.name = v.name AND f.current_version = v.version
                  WHERE v.name = $1"
@@ -189,7 +178,7 @@ impl Registry for PgRegistry {
 
     fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>, StoreError> {
         let name = name.to_string();
-        self.with(move |client| async move {
+        self.store.with_client(move |client| async move {
             let sql = format!("{SELECT_VERSION} WHERE v.name = $1 ORDER BY v.version");
             client.query(&sql, &[&name]).await?.iter().map(version_of).collect()
         })
@@ -197,7 +186,7 @@ impl Registry for PgRegistry {
 
     fn delete(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.with(move |mut client| async move {
+        self.store.with_client(move |mut client| async move {
             let tx = client.transaction().await?;
             let removed = tx.execute("DELETE FROM functions WHERE name = $1", &[&name]).await?;
             tx.execute("DELETE FROM versions WHERE name = $1", &[&name]).await?;
@@ -213,20 +202,13 @@ fn artifact_of(digest: String, kind: String, size: i64) -> Result<ArtifactInfo, 
 }
 
 fn version_of(row: &Row) -> Result<FunctionVersion, StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-    let config: String = row.get(4);
-    let init: Option<String> = row.get(6);
-    Ok(FunctionVersion {
+    decode_version(StoredVersion {
         name: row.get(0),
-        version: row.get::<_, i64>(1) as u64,
+        version: row.get(1),
         digest: row.get(2),
-        kind: parse_kind(row.get(3))?,
-        config: serde_json::from_str(&config).map_err(corrupt)?,
-        created_at_ms: row.get::<_, i64>(5) as u64,
-        init: init.map(|init| serde_json::from_str(&init)).transpose().map_err(corrupt)?,
+        kind: row.get(3),
+        config: row.get(4),
+        created_at_ms: row.get(5),
+        init: row.get(6),
     })
-}
-
-fn parse_kind(kind: &str) -> Result<ArtifactKind, StoreError> {
-    ArtifactKind::parse(kind).ok_or_else(|| StoreError::Corrupt(format!("unknown artifact kind `{kind}`")))
 }

@@ -23,9 +23,8 @@ impl PgSettings {
     /// The value of `key`, set to `proposed` if it had none; with whether this call set it.
     /// Blocking.
     pub fn get_or_set(&self, key: &str, proposed: &str) -> Result<(String, bool), StoreError> {
-        let (pool, key, proposed) = (self.store.pool(), key.to_string(), proposed.to_string());
-        self.store.block(async move {
-            let client = PgStore::client(&pool).await?;
+        let (key, proposed) = (key.to_string(), proposed.to_string());
+        self.store.with_client(move |client| async move {
             let set = client
                 .execute(
                     "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
