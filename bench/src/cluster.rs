@@ -1,5 +1,6 @@
 //! §10, gateways sharing PostgreSQL (`--store`): how soon a deploy made through one gateway is
-//! served by the others, what the shared store costs a call, and throughput behind HAProxy.
+//! served by the others, what the shared store costs a call, throughput behind HAProxy, and how
+//! fast a backlog of async jobs drains with one executor and with three.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -128,8 +129,84 @@ pub async fn run(plan: &Plan) -> Result<Section> {
     ));
     drop((balancers, gateways, embedded));
     drop(postgres);
+
+    let backlog = if plan.rounds > 1 { 6000 } else { 2000 };
+    let (one, three) = drain_rates(&data, backlog).await?;
+    section.row(vec![
+        format!("backlog of {backlog} async jobs drained, 1 gateway"),
+        format!("{one:.0} jobs/s"),
+        String::new(),
+        "queued through the gateway, due at one instant, claimed with `FOR UPDATE SKIP LOCKED`".into(),
+    ]);
+    section.row(vec![
+        format!("backlog of {backlog} async jobs drained, 3 gateways"),
+        format!("{three:.0} jobs/s"),
+        String::new(),
+        format!("{:.2}× one gateway: every node's executor claims from the same queue", three / one),
+    ]);
+    section.notes.push(
+        "Jobs drained: a backlog queued through gateway A with `amphi-not-before` set past the \
+         end of the enqueue, then timed from that instant until no job of the function is queued or \
+         running (`/v1/jobs?state=…`). First with A the only gateway on a fresh PostgreSQL, then \
+         with B and C started beside it (a second function, the same backlog)."
+            .into(),
+    );
     std::fs::remove_dir_all(&data).context("removing the run's data")?;
     Ok(section)
+}
+
+/// Jobs per second a backlog of `backlog` drains at with one gateway, then with three.
+async fn drain_rates(data: &Path, backlog: u64) -> Result<(f64, f64)> {
+    let postgres = amphi_test_services::Postgres::start();
+    let a = ChildServer::gateway_with_store(&data.join("jobs-a"), &postgres.url())?;
+    let admin = Admin::new(a.addr);
+    let component = Path::new(amphi_guest_artifacts::RUST_HTTP_COMPONENT);
+    admin.deploy_wasm("alone", component).await?;
+    let one = drain_rate(&admin, "alone", backlog).await?;
+    let others = ["jobs-b", "jobs-c"]
+        .iter()
+        .map(|name| ChildServer::gateway_with_store(&data.join(name), &postgres.url()))
+        .collect::<Result<Vec<_>>>()?;
+    admin.deploy_wasm("shared", component).await?;
+    let three = drain_rate(&admin, "shared", backlog).await?;
+    drop((others, a, postgres));
+    Ok((one, three))
+}
+
+/// Queues `backlog` jobs of `function` through `admin`'s gateway, due at one instant after the
+/// enqueue, and returns the jobs per second from that instant until none is left.
+async fn drain_rate(admin: &Admin, function: &str, backlog: u64) -> Result<f64> {
+    let lead = Duration::from_secs_f64(backlog as f64 / 1_000.0 + 2.0);
+    let due = Instant::now() + lead;
+    let not_before = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now() + lead).to_rfc3339();
+    let url = format!("http://{}/async/fn/{function}/", admin.addr);
+    crate::jobs::enqueue_backlog(&url, backlog, &not_before).await?;
+    if Instant::now() > due {
+        bail!("the enqueue of {backlog} jobs took longer than {lead:?}; the drain would overlap it");
+    }
+    tokio::time::sleep_until(due.into()).await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut left = 0;
+        for state in ["queued", "running"] {
+            let jobs = admin
+                .request(
+                    "GET",
+                    &format!("/jobs?function={function}&state={state}&limit=1"),
+                    Bytes::new(),
+                    "application/json",
+                )
+                .await?;
+            left += jobs.as_array().map_or(0, Vec::len);
+        }
+        if left == 0 {
+            return Ok(backlog as f64 / due.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            bail!("the backlog of {function} did not drain within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The body of a GET of `url`, whatever its status.

@@ -147,27 +147,7 @@ async fn drain(backlog: u64) -> Result<Drain> {
     let due = std::time::SystemTime::now() + lead;
     let not_before = chrono::DateTime::<chrono::Utc>::from(due).to_rfc3339();
     let began = Instant::now();
-    let http = crate::servers::http();
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..u64::from(CONNECTIONS) {
-        let (http, url, not_before) = (http.clone(), url.clone(), not_before.clone());
-        let count = backlog / u64::from(CONNECTIONS) + u64::from(client < backlog % u64::from(CONNECTIONS));
-        clients.spawn(async move {
-            for _ in 0..count {
-                let request = hyper::Request::post(&url)
-                    .header("amphi-not-before", &not_before)
-                    .body(Full::new(Bytes::new()))?;
-                let status = http.request(request).await?.status();
-                if status != 202 {
-                    bail!("enqueue answered {status}");
-                }
-            }
-            Ok(())
-        });
-    }
-    while let Some(done) = clients.join_next().await {
-        done??;
-    }
+    enqueue_backlog(&url, backlog, &not_before).await?;
     let enqueue_seconds = began.elapsed().as_secs_f64();
     let overlapped = began.elapsed() > lead;
     let start = began + lead.max(began.elapsed());
@@ -197,6 +177,33 @@ async fn drain(backlog: u64) -> Result<Drain> {
         jobs_per_second: backlog as f64 / drained,
         bytes,
     })
+}
+
+/// POSTs `backlog` empty jobs to `url` (`…/async/fn/NAME/`) from [`CONNECTIONS`] clients, each
+/// due at `not_before` (RFC 3339); fails unless every one is answered 202.
+pub async fn enqueue_backlog(url: &str, backlog: u64, not_before: &str) -> Result<()> {
+    let http = crate::servers::http();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..u64::from(CONNECTIONS) {
+        let (http, url, not_before) = (http.clone(), url.to_string(), not_before.to_string());
+        let count = backlog / u64::from(CONNECTIONS) + u64::from(client < backlog % u64::from(CONNECTIONS));
+        clients.spawn(async move {
+            for _ in 0..count {
+                let request = hyper::Request::post(&url)
+                    .header("amphi-not-before", &not_before)
+                    .body(Full::new(Bytes::new()))?;
+                let status = http.request(request).await?.status();
+                if status != 202 {
+                    bail!("enqueue answered {status}");
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done??;
+    }
+    Ok(())
 }
 
 /// fdatasyncs per second of 4 KiB writes in `dir`, for `length`.

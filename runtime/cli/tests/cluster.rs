@@ -30,6 +30,35 @@ async fn wait_call(server: &TestServer, name: &str, path: &str, done: impl Fn(u1
     }
 }
 
+/// Waits (up to `within`) until job `id` is over, and returns it.
+async fn wait_job(server: &TestServer, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let job: Value = server
+            .admin(Method::GET, &format!("/jobs/{id}"))
+            .send()
+            .await
+            .expect("a job")
+            .json()
+            .await
+            .expect("json");
+        if !matches!(job["state"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} never ended: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node id of `server`, as the cluster lists it.
+async fn node_id(server: &TestServer) -> String {
+    let nodes: Value =
+        server.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+    let address = server.url.trim_start_matches("http://");
+    let node = nodes.as_array().into_iter().flatten().find(|n| n["address"] == address);
+    node.and_then(|n| n["id"].as_str()).expect("the server is a node").to_string()
+}
+
 #[tokio::test]
 async fn gateways_sharing_postgres_serve_each_others_deploys() {
     let postgres = Postgres::start();
@@ -209,6 +238,22 @@ async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
         })
     });
     let load: Vec<_> = load.collect();
+    // Async jobs through the balancer at the same time: every one acknowledged must end.
+    let jobs = {
+        let (url, http) =
+            (format!("http://{}/async/fn/hello/sleep?ms=50", balancer.addr), reqwest::Client::new());
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            while accepted.len() < 300 && started.elapsed() < Duration::from_secs(4) {
+                if let Ok(response) = http.post(&url).send().await
+                    && response.status() == 202
+                {
+                    accepted.push(header(&response, "amphi-invocation-id").to_string());
+                }
+            }
+            accepted
+        })
+    };
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = started.elapsed();
     c.kill();
@@ -241,6 +286,15 @@ async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
         failed.iter().all(|at| *at >= killed_at && *at < killed_at + Duration::from_secs(1)),
         "calls failed away from the kill at {killed_at:?}: {failed:?}"
     );
+
+    // Every job acknowledged with a 202 ends, those the killed node held included.
+    let accepted = jobs.await.expect("the job client");
+    assert!(accepted.len() > 20, "jobs were queued: {}", accepted.len());
+    for id in &accepted {
+        let job = wait_job(&a, id, Duration::from_secs(40)).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    eprintln!("{} jobs acknowledged during the kill, all succeeded", accepted.len());
 
     // The killed node is listed as gone once it has not been seen for 10 s.
     let killed = c.url.trim_start_matches("http://").to_string();
@@ -325,4 +379,112 @@ async fn a_gateway_started_before_postgres_waits_for_it() {
     let gateway = starting.join().expect("the gateway started once PostgreSQL was up");
     gateway.deploy("hello", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
     assert_eq!(gateway.get("hello", "/").await.status(), 200);
+}
+
+/// Async jobs in a cluster: queued through one gateway, run by the executors of all; a node
+/// killed while it runs jobs loses none of them (once it has been gone for 10 s another node
+/// runs their next attempt); a schedule's tick runs once across the cluster.
+#[tokio::test]
+async fn the_cluster_shares_its_jobs_and_a_lost_nodes_jobs_run_elsewhere() {
+    let postgres = Postgres::start();
+    let dirs =
+        [tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"), tempfile::tempdir().expect("c")];
+    let a = gateway(&postgres, dirs[0].path());
+    let b = gateway(&postgres, dirs[1].path());
+    let mut c = gateway(&postgres, dirs[2].path());
+    let c_id = node_id(&c).await;
+    // Two jobs at a time per node.
+    a.deploy("work", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({ "concurrency": 4 })).await;
+
+    // Queued through A alone, run by every node.
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let response = a
+            .http
+            .post(format!("{}/async/fn/work/sleep?ms=100", a.url))
+            .body(n.to_string())
+            .send()
+            .await
+            .expect("queue");
+        assert_eq!(response.status(), 202);
+        ids.push(header(&response, "amphi-invocation-id").to_string());
+    }
+    let mut ran_on = std::collections::HashMap::<String, usize>::new();
+    for id in &ids {
+        let job = wait_job(&b, id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let node = job["attempts"][0]["node"].as_str().expect("the attempt names its node").to_string();
+        *ran_on.entry(node).or_default() += 1;
+    }
+    eprintln!("60 jobs queued through one gateway ran on: {ran_on:?}");
+    assert!(ran_on.len() >= 2, "the executors of several nodes share the jobs: {ran_on:?}");
+
+    // Long jobs; C is killed while it runs some of them.
+    let mut long = Vec::new();
+    for _ in 0..6 {
+        let response =
+            a.http.post(format!("{}/async/fn/work/sleep?ms=4000", a.url)).send().await.expect("queue");
+        assert_eq!(response.status(), 202);
+        long.push(header(&response, "amphi-invocation-id").to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: Value = a
+            .admin(Method::GET, "/jobs?function=work&state=running")
+            .send()
+            .await
+            .expect("jobs")
+            .json()
+            .await
+            .expect("json");
+        let on_c = running.as_array().into_iter().flatten().any(|job| {
+            job["attempts"].as_array().and_then(|a| a.last()).is_some_and(|a| a["node"] == c_id.as_str())
+        });
+        if on_c {
+            break;
+        }
+        assert!(Instant::now() < deadline, "C never ran one of the long jobs: {running}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.kill();
+    let mut released = 0;
+    for id in &long {
+        let job = wait_job(&a, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let attempts = job["attempts"].as_array().expect("attempts");
+        if attempts.len() > 1 {
+            released += 1;
+            let lost = &attempts[0];
+            assert_eq!(lost["node"], c_id.as_str(), "{job}");
+            assert_eq!(lost["outcome"], "platform_error", "{job}");
+            assert!(lost["error"].as_str().unwrap_or("").contains("gone"), "{job}");
+            assert_ne!(attempts[1]["node"], c_id.as_str(), "{job}");
+        }
+    }
+    assert!(released >= 1, "the jobs C held ran again elsewhere");
+
+    // Every second, on the two nodes left: one job per tick, not one per node.
+    let schedule = a
+        .admin(Method::PUT, "/schedules/tick")
+        .json(&json!({ "function": "work", "cron": "* * * * * *", "path": "/sleep?ms=0" }))
+        .send()
+        .await
+        .expect("put a schedule");
+    assert!(schedule.status().is_success(), "{}", schedule.text().await.unwrap_or_default());
+    let since = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let deleted = b.admin(Method::DELETE, "/schedules/tick").send().await.expect("delete the schedule");
+    assert_eq!(deleted.status(), 204);
+    let seconds = since.elapsed().as_secs_f64();
+    let jobs: Value = b
+        .admin(Method::GET, "/jobs?function=work&limit=1000")
+        .send()
+        .await
+        .expect("jobs")
+        .json()
+        .await
+        .expect("json");
+    let ticks = jobs.as_array().into_iter().flatten().filter(|job| job["schedule"] == "tick").count();
+    eprintln!("{ticks} scheduled jobs in {seconds:.1} s on two nodes");
+    assert!(ticks >= 2 && ticks as f64 <= seconds + 1.0, "{ticks} jobs in {seconds:.1} s: one per tick");
 }

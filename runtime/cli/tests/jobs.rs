@@ -1,6 +1,7 @@
 //! Async invocations end to end: the real server, real guests (wasm and a container), real HTTP,
 //! the real CLI, a real callback receiver on loopback, and a `kill -9` in the middle of 2,000
-//! jobs.
+//! jobs. The queue's contract runs on both queues (embedded and PostgreSQL); the cluster's own
+//! cases (executors on several nodes, a node lost with jobs running) are in `cluster.rs`.
 
 mod support;
 
@@ -10,7 +11,15 @@ use std::time::{Duration, Instant};
 use amphi_guest_artifacts::RUST_HTTP_COMPONENT;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{TestServer, header, stderr, stdout};
+use support::{Store, TestServer, header, on_both_stores, stderr, stdout};
+
+// The queue's contract, on the embedded queue and on the cluster's PostgreSQL alike.
+on_both_stores!(
+    a_job_is_stored_run_through_the_sync_path_and_its_result_kept,
+    idempotency_delay_cancel_and_bad_input,
+    failed_attempts_back_off_then_the_job_is_dead_and_can_be_queued_again,
+    a_callback_reaches_an_allowed_host_and_is_recorded,
+);
 
 /// POSTs `body` to `/async/fn/{name}{path}` with `headers`.
 async fn enqueue(
@@ -63,10 +72,9 @@ fn attempt_times(job: &Value) -> Vec<(u64, u64)> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_job_is_stored_run_through_the_sync_path_and_its_result_kept() {
+async fn a_job_is_stored_run_through_the_sync_path_and_its_result_kept(store: Store) {
     let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let server = store.serve(temp.path(), &[]);
     server.deploy("echo", RUST_HTTP_COMPONENT, json!({})).await;
 
     let response = enqueue(
@@ -128,10 +136,9 @@ async fn a_job_is_stored_run_through_the_sync_path_and_its_result_kept() {
     assert!(metrics.contains("amphi_jobs{state=\"succeeded\"} 2"), "{metrics}");
 }
 
-#[tokio::test]
-async fn idempotency_delay_cancel_and_bad_input() {
+async fn idempotency_delay_cancel_and_bad_input(store: Store) {
     let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start_with(temp.path(), &["--max-body", "1KiB", "--queue-max", "3"]);
+    let server = store.serve(temp.path(), &["--max-body", "1KiB", "--queue-max", "3"]);
     server.deploy("hello", RUST_HTTP_COMPONENT, json!({})).await;
 
     // The same key returns the first job with 200 and stores nothing.
@@ -185,10 +192,9 @@ async fn idempotency_delay_cancel_and_bad_input() {
     panic!("a queue of at most 3 unfinished jobs took 4");
 }
 
-#[tokio::test]
-async fn failed_attempts_back_off_then_the_job_is_dead_and_can_be_queued_again() {
+async fn failed_attempts_back_off_then_the_job_is_dead_and_can_be_queued_again(store: Store) {
     let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let server = store.serve(temp.path(), &[]);
     let retry = json!({ "retry": { "attempts": 3, "backoff_initial_ms": 300, "backoff_max_ms": 500 } });
     server.deploy("flaky", RUST_HTTP_COMPONENT, retry).await;
 
@@ -270,12 +276,11 @@ async fn receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
     (port, received)
 }
 
-#[tokio::test]
-async fn a_callback_reaches_an_allowed_host_and_is_recorded() {
+async fn a_callback_reaches_an_allowed_host_and_is_recorded(store: Store) {
     let (port, mut received) = receiver().await;
     let temp = tempfile::tempdir().expect("tempdir");
     let allowed = format!("127.0.0.1:{port}");
-    let server = TestServer::start_with(temp.path(), &["--callback-allow-host", &allowed]);
+    let server = store.serve(temp.path(), &["--callback-allow-host", &allowed]);
     server.deploy("echo", RUST_HTTP_COMPONENT, json!({})).await;
 
     let url = format!("http://127.0.0.1:{port}/done");

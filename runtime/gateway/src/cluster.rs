@@ -6,6 +6,7 @@
 //! is (re)connected, and every [`RESYNC_EVERY`] in case a notice was lost without the connection
 //! failing). A call to a function this gateway has no route for asks the store first
 //! ([`route`]), so a deploy acknowledged elsewhere is served here even before its notice arrives.
+//! Jobs queued anywhere wake this gateway's executor too, so every node runs a share.
 //! An embedded gateway is a cluster of one: `GET /v1/nodes` lists itself.
 
 use std::net::SocketAddr;
@@ -81,7 +82,7 @@ pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), G
 
     let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
     let resync = sender.clone();
-    changes::listen(&cluster.store, move |change| {
+    changes::listen(&cluster.store, changes::FUNCTIONS, move |change| {
         let _ = sender.send(change);
     });
     tokio::spawn(async move {
@@ -94,6 +95,7 @@ pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), G
             }
         }
     });
+    follow_jobs(platform, cluster);
     let platform = Arc::downgrade(platform);
     tokio::spawn(async move {
         while let Some(change) = received.recv().await {
@@ -104,6 +106,26 @@ pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), G
         }
     });
     Ok(())
+}
+
+/// Wakes this gateway's executor for every job another gateway queued (or released from a gone
+/// node), so the cluster's executors share the work; after a (re)connection, for every function
+/// with queued jobs.
+fn follow_jobs(platform: &Arc<Platform>, cluster: &Cluster) {
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    changes::listen(&cluster.store, changes::JOBS, move |change| {
+        let _ = sender.send(change);
+    });
+    let platform = Arc::downgrade(platform);
+    tokio::spawn(async move {
+        while let Some(change) = received.recv().await {
+            let Some(platform) = platform.upgrade() else { return };
+            match change {
+                Change::Function(name) => platform.jobs.wake(&platform, &name),
+                Change::Resync => crate::jobs::executor::start(&platform),
+            }
+        }
+    });
 }
 
 /// Brings the route table in line with the registry after `change`. Blocking.

@@ -16,6 +16,9 @@ use amphi_contract::{
     Backend, BoxFuture, BuildFailure, BuiltArtifact, Problem, ProblemKind, TelemetrySink, UploadError,
     now_unix_us,
 };
+use amphi_queue::JobQueue;
+use amphi_queue::embedded::EmbeddedQueue;
+use amphi_queue::postgres::PgQueue;
 use amphi_store::artifacts::Artifacts;
 use amphi_store::logs::LogStore;
 use amphi_store::postgres::PgStore;
@@ -121,21 +124,23 @@ impl Platform {
                 }
             },
         };
-        let (artifacts, registry, cluster) = match shared {
+        let now_us = amphi_contract::now_unix_us();
+        let (artifacts, registry, queue, cluster) = match shared {
             None => {
                 let registry: Box<dyn Registry> = Box::new(EmbeddedRegistry::open(&data)?);
-                (Artifacts::open(&data)?, registry, None)
+                let queue: Arc<dyn JobQueue> = Arc::new(EmbeddedQueue::open(&data, now_us)?);
+                (Artifacts::open(&data)?, registry, queue, None)
             }
             Some(store) => {
                 let registry: Box<dyn Registry> = Box::new(PgRegistry::new(store.clone()));
-                let cluster = crate::cluster::Cluster::new(store.clone(), data.installation_id()?);
-                (Artifacts::shared(&data, store)?, registry, Some(cluster))
+                let node = data.installation_id()?;
+                let queue: Arc<dyn JobQueue> = Arc::new(PgQueue::open(store.clone(), node.clone(), now_us)?);
+                let cluster = crate::cluster::Cluster::new(store.clone(), node);
+                (Artifacts::shared(&data, store)?, registry, queue, Some(cluster))
             }
         };
         let artifacts = Arc::new(artifacts);
         let logs = Arc::new(LogStore::open(&data, config.logs.clone())?);
-        let queue =
-            Arc::new(amphi_queue::embedded::EmbeddedQueue::open(&data, amphi_contract::now_unix_us())?);
         let wasm = Arc::new(WasmBackend::new(config.wasm.clone(), artifacts.clone())?);
         let container = ContainerBackend::new(data.path(), data.installation_id()?, logs.clone())?;
         let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone(), container.clone()];

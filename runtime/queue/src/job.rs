@@ -183,6 +183,9 @@ pub struct Attempt {
     pub outcome: Option<String>,
     /// What went wrong.
     pub error: Option<String>,
+    /// The node whose executor ran it (in a cluster; absent on an embedded queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// How a job's callback went.

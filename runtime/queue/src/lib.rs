@@ -4,13 +4,17 @@
 //! knows how jobs are stored. [`embedded::EmbeddedQueue`] is the default: SQLite in the data
 //! directory (`jobs.db`), one writer thread that commits what arrives together in one
 //! transaction (group commit), so each 202 waits for an fsync that it shares with every other
-//! enqueue of that moment. A networked engine implements the same trait.
+//! enqueue of that moment. [`postgres::PgQueue`] is the networked one: the cluster's
+//! PostgreSQL, shared by the executors of every gateway, with leases tied to each node's
+//! heartbeat.
 //!
-//! Delivery is at least once: a job whose attempt was running when the server stopped is queued
-//! again when it opens, and that run is its next attempt.
+//! Delivery is at least once: a job whose attempt was running when the server stopped (or, in
+//! a cluster, whose node was gone) is queued again, and that run is its next attempt.
 
 pub mod embedded;
 mod job;
+mod packed;
+pub mod postgres;
 
 pub use job::{
     Attempt, AttemptReport, CallbackState, ClaimedJob, Enqueued, Job, JobFilter, JobRequest, JobResult,
@@ -41,7 +45,7 @@ pub enum QueueError {
     /// The database failed.
     #[error("job queue database: {0}")]
     Database(#[from] rusqlite::Error),
-    /// The data directory failed.
+    /// The data directory or the shared store failed.
     #[error(transparent)]
     Store(#[from] amphi_store::StoreError),
     /// Stored data does not parse.
@@ -61,6 +65,13 @@ pub enum QueueError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+impl QueueError {
+    /// Whether the queue's store is away (trying again later may work).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Store(store) if store.is_transient())
+    }
 }
 
 /// A durable queue of jobs. Every method that changes a job is durable when its future resolves
@@ -140,6 +151,6 @@ pub trait JobQueue: Send + Sync + 'static {
         job: NewJob,
     ) -> BoxFuture<'_, Result<bool, QueueError>>;
 
-    /// Jobs in each state now.
+    /// Jobs in each state now (in a cluster: as last read, within seconds).
     fn counts(&self) -> StateCounts;
 }

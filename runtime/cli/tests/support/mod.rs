@@ -14,6 +14,53 @@ use serde_json::{Value, json};
 
 pub const TOKEN: &str = "test-token-0123456789";
 
+/// Where a test's server keeps its state: the embedded default (the data directory), or a real
+/// PostgreSQL of the test's own (`serve --store`).
+pub enum Store {
+    Embedded,
+    Postgres(amphi_test_services::Postgres),
+}
+
+impl Store {
+    /// A fresh PostgreSQL.
+    pub fn postgres() -> Self {
+        Self::Postgres(amphi_test_services::Postgres::start())
+    }
+
+    /// Starts a server on this store with extra `serve` flags.
+    pub fn serve(&self, data: &Path, extra: &[&str]) -> TestServer {
+        match self {
+            Self::Embedded => TestServer::start_with(data, extra),
+            Self::Postgres(postgres) => {
+                let url = postgres.url();
+                let mut args = vec!["--store", url.as_str()];
+                args.extend_from_slice(extra);
+                TestServer::start_with(data, &args)
+            }
+        }
+    }
+}
+
+/// Runs each named test body (an `async fn(Store)`) once per store, as the tests
+/// `NAME::embedded` and `NAME::postgres`.
+#[allow(unused_macros)] // Not every test file runs on both stores.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn embedded() {
+                super::$name(super::support::Store::Embedded).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::support::Store::postgres()).await
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_stores;
+
 pub struct TestServer {
     child: Option<Child>,
     pub url: String,

@@ -127,6 +127,7 @@ async fn accept_job(
                 ),
             ));
         }
+        Err(e) if e.is_unavailable() => return Err(super::api::queue_problem(e)),
         Err(e) => {
             return Err(Problem::new(ProblemKind::Internal, format!("the job could not be stored: {e}")));
         }

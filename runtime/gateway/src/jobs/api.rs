@@ -62,9 +62,12 @@ pub async fn route(
     })
 }
 
-fn queue_problem(error: QueueError) -> Problem {
+/// A queue failure as the API answers it: 409 for a job in the wrong state, 503 while the shared
+/// store is away, 500 otherwise.
+pub fn queue_problem(error: QueueError) -> Problem {
     match error {
         QueueError::WrongState { .. } => Problem::new(ProblemKind::Conflict, error.to_string()),
+        QueueError::Store(store) if store.is_transient() => crate::platform::stored(store),
         other => Problem::new(ProblemKind::Internal, other.to_string()),
     }
 }

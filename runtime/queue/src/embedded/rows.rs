@@ -1,50 +1,15 @@
-//! Jobs, attempts and results read back from their rows; a request's header fields packed into
-//! one blob.
+//! Jobs, attempts and results read back from their rows.
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
+pub use crate::packed::{pack_headers, unpack_headers};
 use crate::{Attempt, CallbackState, Job, JobFilter, JobResult, JobState, QueueError};
 
 /// The columns [`job_from_row`] reads, in its order.
 pub const JOB_COLUMNS: &str = "id, function, state, method, path, created_us, not_before_us, finished_us, status, \
                                error, schedule, callback, \
                                EXISTS (SELECT 1 FROM job_results r WHERE r.job_id = jobs.id)";
-
-/// Header fields as one blob: for each, the name's length (u16, big-endian), the name, the
-/// value's length (u32), the value. Exact for any bytes a header value may hold.
-pub fn pack_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut packed = Vec::new();
-    for (name, value) in headers {
-        packed.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        packed.extend_from_slice(name.as_bytes());
-        packed.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        packed.extend_from_slice(value);
-    }
-    packed
-}
-
-/// [`pack_headers`] undone.
-pub fn unpack_headers(mut packed: &[u8]) -> Result<Vec<(String, Vec<u8>)>, QueueError> {
-    let corrupt = || QueueError::Corrupt("a job's packed header fields are cut short".into());
-    let take = |n: usize, packed: &mut &[u8]| -> Result<Vec<u8>, QueueError> {
-        let (head, rest) = packed.split_at_checked(n).ok_or_else(corrupt)?;
-        *packed = rest;
-        Ok(head.to_vec())
-    };
-    let mut headers = Vec::new();
-    while !packed.is_empty() {
-        let length = take(2, &mut packed)?;
-        let name = take(u16::from_be_bytes([length[0], length[1]]) as usize, &mut packed)?;
-        let length = take(4, &mut packed)?;
-        let value =
-            take(u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize, &mut packed)?;
-        let name =
-            String::from_utf8(name).map_err(|_| QueueError::Corrupt("a header name is not UTF-8".into()))?;
-        headers.push((name, value));
-    }
-    Ok(headers)
-}
 
 fn parse_state(text: &str) -> Result<JobState, QueueError> {
     JobState::parse(text).ok_or_else(|| QueueError::Corrupt(format!("job state {text:?}")))
@@ -94,6 +59,7 @@ fn attempts(conn: &Connection, id: &str) -> Result<Vec<Attempt>, QueueError> {
                 status: row.get::<_, Option<i64>>(4)?.map(|s| s as u16),
                 outcome: row.get(5)?,
                 error: row.get(6)?,
+                node: None,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -170,20 +136,4 @@ pub fn state(conn: &Connection, id: &str) -> Result<Option<(JobState, u32)>, Que
         })
         .optional()?;
     found.map(|(state, attempts)| Ok((parse_state(&state)?, attempts))).transpose()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{pack_headers, unpack_headers};
-
-    #[test]
-    fn header_fields_round_trip_with_any_bytes() {
-        let headers = vec![
-            ("content-type".to_string(), b"application/json".to_vec()),
-            ("x-odd".to_string(), vec![0xff, 0x00, b'a']),
-            ("empty".to_string(), Vec::new()),
-        ];
-        assert_eq!(unpack_headers(&pack_headers(&headers)).expect("unpacks"), headers);
-        assert!(unpack_headers(&pack_headers(&headers)[..5]).is_err(), "cut short");
-    }
 }

@@ -1,7 +1,7 @@
-//! Function changes announced to every gateway: a deploy or a delete commits a `NOTIFY` on
-//! [`CHANNEL`] in its own transaction, and each gateway `LISTEN`s on a connection of its own.
-//! After that connection is (re)made a gateway is told to [`Change::Resync`], since notices sent
-//! while it was away are lost.
+//! Changes announced to every gateway: a deploy or a delete commits a `NOTIFY` on [`FUNCTIONS`]
+//! in its own transaction, a new or re-queued job one on [`JOBS`], and each gateway `LISTEN`s on
+//! a connection of its own per channel. After that connection is (re)made a gateway is told to
+//! [`Change::Resync`], since notices sent while it was away are lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,35 +12,43 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use super::PgStore;
 use crate::StoreError;
 
-/// The notification channel.
-const CHANNEL: &str = "amphi_functions";
+/// The channel of function changes: the payload is the function's name.
+pub const FUNCTIONS: &str = "amphi_functions";
+/// The channel of jobs to run: the payload is the name of the function that has a job due.
+pub const JOBS: &str = "amphi_jobs";
 
 /// What a gateway is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The function of this name was deployed, updated or deleted.
+    /// The function of this name was deployed, updated or deleted ([`FUNCTIONS`]), or has a job
+    /// to run ([`JOBS`]).
     Function(String),
     /// Notices may have been missed: compare every route with the registry.
     Resync,
 }
 
-/// Announces that `name` changed, when `tx` commits.
-pub(crate) async fn notify_changed(
+/// Announces on `channel` that `name` changed, when `tx` commits.
+pub async fn notify(
     tx: &tokio_postgres::Transaction<'_>,
+    channel: &str,
     name: &str,
-) -> Result<(), StoreError> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name]).await?;
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&channel, &name]).await?;
     Ok(())
 }
 
-/// Calls `on_change` for every change announced from now on, on the store's runtime, for as
-/// long as the store lives; reconnects (every second) when the connection is lost.
-pub fn listen(store: &Arc<PgStore>, on_change: impl Fn(Change) + Send + Sync + 'static) {
+/// Calls `on_change` for every change announced on `channel` from now on, on the store's
+/// runtime, for as long as the store lives; reconnects (every second) when the connection is lost.
+pub fn listen(
+    store: &Arc<PgStore>,
+    channel: &'static str,
+    on_change: impl Fn(Change) + Send + Sync + 'static,
+) {
     let config = store.config();
     store.runtime().spawn(async move {
         loop {
-            if let Err(error) = listen_once(&config, &on_change).await {
-                tracing::warn!(%error, "lost the function-change feed from PostgreSQL; reconnecting");
+            if let Err(error) = listen_once(&config, channel, &on_change).await {
+                tracing::warn!(%error, channel, "lost a change feed from PostgreSQL; reconnecting");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -48,7 +56,11 @@ pub fn listen(store: &Arc<PgStore>, on_change: impl Fn(Change) + Send + Sync + '
 }
 
 /// One connection's worth of notices: returns when it is lost.
-async fn listen_once(config: &tokio_postgres::Config, on_change: &impl Fn(Change)) -> Result<(), StoreError> {
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    on_change: &impl Fn(Change),
+) -> Result<(), StoreError> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -66,7 +78,7 @@ async fn listen_once(config: &tokio_postgres::Config, on_change: &impl Fn(Change
         }
         Ok(())
     });
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    client.batch_execute(&format!("LISTEN {channel}")).await?;
     on_change(Change::Resync);
     while let Some(name) = notices.recv().await {
         on_change(Change::Function(name));

@@ -12,6 +12,9 @@
 //! - [`nodes`]: the gateways of the cluster and when each was last seen;
 //! - [`changes`]: `LISTEN`/`NOTIFY` on function changes, so every gateway routes a deploy at once;
 //! - [`settings`]: what every gateway shares, such as the admin token.
+//!
+//! The job queue's tables are migrated here too (one schema, one migration history); the queue
+//! itself is `amphi_queue::postgres`, on [`PgStore::run`].
 
 pub mod changes;
 pub mod chunks;
@@ -37,6 +40,9 @@ const MIGRATION_LOCK: i64 = 0x616d_7068_6921;
 
 /// How long a store call waits for a connection or an answer before it fails as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest one [`PgStore::run`] may take, transaction and all.
+const WORK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a starting gateway waits for a PostgreSQL that is not accepting connections yet (a
 /// cluster and its database started together).
@@ -121,7 +127,7 @@ impl PgStore {
 
     /// Runs `work` with a pooled connection on the store's runtime, blocking this thread until
     /// it is done.
-    pub(crate) fn with_client<T, F>(
+    pub fn with_client<T, F>(
         &self,
         work: impl FnOnce(deadpool_postgres::Object) -> F + Send + 'static,
     ) -> Result<T, StoreError>
@@ -131,6 +137,30 @@ impl PgStore {
     {
         let pool = self.pool.clone();
         self.block(async move { work(Self::client(&pool).await?).await })
+    }
+
+    /// Runs `work` with a pooled connection on the store's runtime, and waits for it from any
+    /// runtime: the async counterpart of [`PgStore::with_client`], for callers on async threads.
+    /// A call that takes longer than [`WORK_TIMEOUT`] fails as unavailable (its transaction, if
+    /// it had not committed yet, is rolled back when its connection is dropped).
+    pub async fn run<T, E, F>(
+        &self,
+        work: impl FnOnce(deadpool_postgres::Object) -> F + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let task = self.runtime().spawn(async move {
+            let client = Self::client(&pool).await?;
+            match tokio::time::timeout(WORK_TIMEOUT, work(client)).await {
+                Ok(done) => done,
+                Err(_) => Err(StoreError::Unavailable("PostgreSQL did not answer in time".into()).into()),
+            }
+        });
+        task.await.map_err(|e| StoreError::Unavailable(format!("the PostgreSQL client stopped: {e}")))?
     }
 
     /// A pooled connection.
@@ -149,7 +179,7 @@ impl PgStore {
     }
 
     /// The store's runtime, for its background tasks.
-    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.handle
     }
 }

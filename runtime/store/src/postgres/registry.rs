@@ -8,7 +8,7 @@ use amphi_contract::function::{FunctionConfig, FunctionVersion, InitSnapshot};
 use tokio_postgres::Row;
 
 use super::PgStore;
-use super::changes::notify_changed;
+use super::changes::{self, notify};
 use crate::StoreError;
 use crate::registry::{
     ArtifactInfo, Registry, StoredVersion, decode_version, encode_version, now_ms, parse_kind,
@@ -112,7 +112,7 @@ impl Registry for PgRegistry {
                 &[&name, &version],
             )
             .await?;
-            notify_changed(&tx, &name).await?;
+            notify(&tx, changes::FUNCTIONS, &name).await?;
             tx.commit().await?;
             Ok(FunctionVersion {
                 name,
@@ -190,7 +190,7 @@ impl Registry for PgRegistry {
             let tx = client.transaction().await?;
             let removed = tx.execute("DELETE FROM functions WHERE name = $1", &[&name]).await?;
             tx.execute("DELETE FROM versions WHERE name = $1", &[&name]).await?;
-            notify_changed(&tx, &name).await?;
+            notify(&tx, changes::FUNCTIONS, &name).await?;
             tx.commit().await?;
             Ok(removed > 0)
         })
