@@ -8,12 +8,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{TOKEN, TestServer, stderr, stdout};
+use support::{Store, TOKEN, TestServer, on_both_stores, stderr, stdout};
 
-#[tokio::test]
-async fn the_five_minute_tour() {
+// What a user sees is the same on one machine and on a cluster's PostgreSQL.
+on_both_stores!(
+    the_five_minute_tour,
+    failures_exit_non_zero_with_the_reason,
+    logs_follow_streams_new_lines_and_records,
+);
+
+async fn the_five_minute_tour(store: Store) {
     let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let server = store.serve(temp.path(), &[]);
 
     let deployed = server.cli(&[
         "deploy",
@@ -79,10 +85,9 @@ async fn the_five_minute_tour() {
     assert_eq!(serde_json::from_str::<Value>(&listed).expect("json").as_array().expect("list").len(), 1);
 }
 
-#[tokio::test]
-async fn failures_exit_non_zero_with_the_reason() {
+async fn failures_exit_non_zero_with_the_reason(store: Store) {
     let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let server = store.serve(temp.path(), &[]);
     server.cli(&["deploy", "hello", amphi_guest_artifacts::RUST_HTTP_COMPONENT, "--timeout", "300ms"]);
 
     let cases: [(&[&str], &str); 7] = [
@@ -111,10 +116,9 @@ async fn failures_exit_non_zero_with_the_reason() {
     assert!(stderr(&unreachable).contains("cannot reach Amphi"), "{}", stderr(&unreachable));
 }
 
-#[tokio::test]
-async fn logs_follow_streams_new_lines_and_records() {
+async fn logs_follow_streams_new_lines_and_records(store: Store) {
     let temp = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(temp.path());
+    let server = store.serve(temp.path(), &[]);
     server.cli(&["deploy", "hello", amphi_guest_artifacts::RUST_HTTP_COMPONENT]);
 
     let mut follower = Command::new(env!("CARGO_BIN_EXE_amphi"))

@@ -488,3 +488,74 @@ async fn the_cluster_shares_its_jobs_and_a_lost_nodes_jobs_run_elsewhere() {
     eprintln!("{ticks} scheduled jobs in {seconds:.1} s on two nodes");
     assert!(ticks >= 2 && ticks as f64 <= seconds + 1.0, "{ticks} jobs in {seconds:.1} s: one per tick");
 }
+
+/// Records and log lines of every gateway, read through any: a call served by B is found with
+/// its lines through A; `logs --follow` through A streams calls served by B and C; calls made
+/// while PostgreSQL is down are logged where they ran and shipped once it is back, none lost.
+#[tokio::test]
+async fn records_and_logs_of_every_gateway_are_read_through_any() {
+    let mut postgres = Postgres::start();
+    let dirs =
+        [tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"), tempfile::tempdir().expect("c")];
+    let a = gateway(&postgres, dirs[0].path());
+    let b = gateway(&postgres, dirs[1].path());
+    let c = gateway(&postgres, dirs[2].path());
+    a.deploy("hello", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
+
+    let served = b.get("hello", "/log?lines=2").await;
+    assert_eq!(served.status(), 200);
+    let id = header(&served, "amphi-invocation-id").to_string();
+    let found = a
+        .wait_for(&format!("/invocations/{id}"), |found| {
+            found["invocation"]["id"] == id.as_str() && found["logs"].as_array().is_some_and(|l| l.len() == 3)
+        })
+        .await;
+    assert_eq!(found["logs"][0]["line"], "line 0 to stdout", "{found}");
+    let listed = support::stdout(&a.cli(&["logs", "hello"]));
+    assert!(listed.contains("line 1 to stdout"), "{listed}");
+
+    // Following through A: calls served by B and C stream in.
+    let mut follow =
+        a.admin(Method::GET, "/logs?follow=true&function=hello&limit=1").send().await.expect("follow");
+    let mut wanted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for other in [&b, &c] {
+        let response = other.get("hello", "/log?lines=1").await;
+        wanted.insert(header(&response, "amphi-invocation-id").to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut streamed = String::new();
+    while !wanted.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, follow.chunk()).await;
+        let chunk = chunk.unwrap_or_else(|_| panic!("follow never showed {wanted:?}: {streamed}"));
+        streamed.push_str(&String::from_utf8_lossy(&chunk.expect("stream").expect("open")));
+        for line in streamed.lines() {
+            if let Ok(event) = serde_json::from_str::<Value>(line)
+                && event["type"] == "invocation"
+                && let Some(id) = event["id"].as_str()
+            {
+                wanted.remove(id);
+            }
+        }
+    }
+    drop(follow);
+
+    // PostgreSQL away: the calls are logged on B, and shipped once it is back.
+    postgres.stop();
+    let mut while_down = Vec::new();
+    for _ in 0..20 {
+        let response = b.get("hello", "/log?lines=1").await;
+        assert_eq!(response.status(), 200);
+        while_down.push(header(&response, "amphi-invocation-id").to_string());
+    }
+    postgres.restart();
+    let records = a
+        .wait_for("/invocations?function=hello&limit=1000", |records| {
+            let ids: Vec<&str> =
+                records.as_array().into_iter().flatten().filter_map(|r| r["id"].as_str()).collect();
+            while_down.iter().all(|id| ids.contains(&id.as_str()))
+        })
+        .await;
+    let all = records.as_array().map_or(0, Vec::len);
+    assert_eq!(all, 23, "every call once: 1 + 2 followed + 20 while PostgreSQL was down: {records}");
+}

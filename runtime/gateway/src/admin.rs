@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::platform::{Platform, blocking, internal};
+use crate::platform::{Platform, blocking, internal, stored};
 use crate::respond::{self, json, problem, problem_of};
 use crate::{follow, source_build};
 
@@ -269,8 +269,8 @@ async fn logs(
     if query.get("follow").is_some_and(|v| v == "true" || v == "1") {
         return Ok(follow::stream(platform.clone(), log_query));
     }
-    let store = platform.logs.clone();
-    let lines = blocking(move || store.logs(&log_query).map_err(internal)).await?;
+    let store = platform.log_reader.clone();
+    let lines = blocking(move || store.logs(&log_query).map_err(stored)).await?;
     Ok(json(StatusCode::OK, &lines))
 }
 
@@ -285,21 +285,21 @@ async fn invocations(
         after_seq: parse_after(query)?,
         limit: parse_limit(query)?,
     };
-    let store = platform.logs.clone();
-    let records = blocking(move || store.invocations(&record_query).map_err(internal)).await?;
+    let store = platform.log_reader.clone();
+    let records = blocking(move || store.invocations(&record_query).map_err(stored)).await?;
     Ok(json(StatusCode::OK, &records))
 }
 
 async fn invocation(platform: &Arc<Platform>, id: &str) -> Result<Response<ResponseBody>, Problem> {
-    let store = platform.logs.clone();
+    let store = platform.log_reader.clone();
     let key = id.to_string();
     let (record, lines) = blocking(move || {
         let record = store
             .invocations(&InvocationQuery { id: Some(key.clone()), limit: 1, ..Default::default() })
-            .map_err(internal)?;
+            .map_err(stored)?;
         let lines = store
             .logs(&LogQuery { invocation_id: Some(key), limit: MAX_LIMIT, ..Default::default() })
-            .map_err(internal)?;
+            .map_err(stored)?;
         Ok((record.into_iter().next(), lines))
     })
     .await?;

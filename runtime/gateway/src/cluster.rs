@@ -6,7 +6,9 @@
 //! is (re)connected, and every [`RESYNC_EVERY`] in case a notice was lost without the connection
 //! failing). A call to a function this gateway has no route for asks the store first
 //! ([`route`]), so a deploy acknowledged elsewhere is served here even before its notice arrives.
-//! Jobs queued anywhere wake this gateway's executor too, so every node runs a share.
+//! Jobs queued anywhere wake this gateway's executor too, so every node runs a share. Records
+//! and log lines are kept by each gateway's own log store first and shipped to the shared store,
+//! which every gateway reads ([`Cluster::ship_logs`]).
 //! An embedded gateway is a cluster of one: `GET /v1/nodes` lists itself.
 
 use std::net::SocketAddr;
@@ -14,9 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amphi_contract::Problem;
+use amphi_contract::record::LogLine;
 use amphi_store::StoreError;
+use amphi_store::logs::{InvocationQuery, LogQuery, LogReader, LogStore, StoredRecord};
 use amphi_store::postgres::PgStore;
 use amphi_store::postgres::changes::{self, Change};
+use amphi_store::postgres::logs::PgLogs;
 use amphi_store::postgres::nodes::{Node, PgNodes};
 
 use crate::GatewayError;
@@ -29,19 +34,74 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// do not each reach the store.
 const UNKNOWN_FOR: Duration = Duration::from_secs(1);
 
+/// How often records and lines past the log store's limits are removed from the shared store.
+const LOG_RETENTION_EVERY: Duration = Duration::from_secs(600);
+
 /// The cluster a gateway belongs to.
 pub struct Cluster {
     store: Arc<PgStore>,
     nodes: Arc<PgNodes>,
     node_id: String,
     unknown: moka::sync::Cache<String, ()>,
+    /// Counts the batches of records and lines any gateway shipped, so followers read them.
+    logs_shipped: tokio::sync::watch::Sender<u64>,
 }
 
 impl Cluster {
     /// This node (`node_id`) of the cluster sharing `store`.
     pub fn new(store: Arc<PgStore>, node_id: String) -> Self {
         let unknown = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(UNKNOWN_FOR).build();
-        Self { nodes: Arc::new(PgNodes::new(store.clone())), store, node_id, unknown }
+        Self {
+            nodes: Arc::new(PgNodes::new(store.clone())),
+            store,
+            node_id,
+            unknown,
+            logs_shipped: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Ships what `local` commits to the shared store, and returns the reader of the cluster's
+    /// records and lines.
+    pub fn ship_logs(&self, local: &Arc<LogStore>) -> Arc<dyn LogReader> {
+        let shared = PgLogs::new(self.store.clone());
+        shared.ship_from(local.clone(), self.node_id.clone());
+        Arc::new(ClusterLogs { shared, local: local.clone() })
+    }
+
+    /// Told whenever a gateway of the cluster shipped records or lines.
+    pub fn logs_shipped(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.logs_shipped.subscribe()
+    }
+}
+
+/// The cluster's records and lines, read from the shared store; one invocation a client asks for
+/// that is not shipped yet (its own call, read at once) or a read while the shared store is away
+/// is answered from this gateway's own log store.
+struct ClusterLogs {
+    shared: PgLogs,
+    local: Arc<LogStore>,
+}
+
+impl LogReader for ClusterLogs {
+    fn logs(&self, query: &LogQuery) -> Result<Vec<LogLine>, StoreError> {
+        // Positions are the shared store's: a page past one is never answered locally.
+        let paging = query.after_seq.is_some();
+        match self.shared.logs(query) {
+            Ok(lines) if lines.is_empty() && query.invocation_id.is_some() && !paging => {
+                self.local.logs(query)
+            }
+            Err(error) if error.is_transient() && !paging => self.local.logs(query),
+            read => read,
+        }
+    }
+
+    fn invocations(&self, query: &InvocationQuery) -> Result<Vec<StoredRecord>, StoreError> {
+        let paging = query.after_seq.is_some();
+        match self.shared.invocations(query) {
+            Ok(records) if records.is_empty() && query.id.is_some() => self.local.invocations(query),
+            Err(error) if error.is_transient() && !paging => self.local.invocations(query),
+            read => read,
+        }
     }
 }
 
@@ -96,6 +156,11 @@ pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), G
         }
     });
     follow_jobs(platform, cluster);
+    let shipped = cluster.logs_shipped.clone();
+    changes::listen(&cluster.store, changes::LOGS, move |_| {
+        shipped.send_modify(|batches| *batches += 1);
+    });
+    purge_shared_logs(platform, cluster);
     let platform = Arc::downgrade(platform);
     tokio::spawn(async move {
         while let Some(change) = received.recv().await {
@@ -106,6 +171,30 @@ pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), G
         }
     });
     Ok(())
+}
+
+/// Removes records and lines past the log store's limits from the shared store, every
+/// [`LOG_RETENTION_EVERY`] (each gateway does; the deletes are idempotent).
+fn purge_shared_logs(platform: &Arc<Platform>, cluster: &Cluster) {
+    let shared = PgLogs::new(cluster.store.clone());
+    let platform = Arc::downgrade(platform);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(LOG_RETENTION_EVERY);
+        loop {
+            every.tick().await;
+            let Some(platform) = platform.upgrade() else { return };
+            let limits = platform.config.logs.clone();
+            drop(platform);
+            let shared = shared.clone();
+            let before = amphi_contract::now_unix_us().saturating_sub(limits.retention.as_micros() as u64);
+            let purged = blocking(move || {
+                shared.purge(before, limits.max_invocations, limits.max_lines).map_err(stored)
+            });
+            if let Err(problem) = purged.await {
+                tracing::warn!(detail = %problem.detail, "cannot remove old records and lines from the shared store");
+            }
+        }
+    });
 }
 
 /// Wakes this gateway's executor for every job another gateway queued (or released from a gone

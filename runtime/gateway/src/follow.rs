@@ -5,6 +5,8 @@
 //! The feed is subscribed to before the backlog is read, so nothing committed in between is
 //! missed; a follower that falls behind the feed catches up from the store with every line and
 //! record it missed, page by page, then goes on with the feed (skipping what it already sent).
+//! In a cluster the feed is the shared store itself: each batch a gateway ships is announced,
+//! and the follower reads what is past its cursor, so it sees the calls of every gateway.
 
 use std::sync::Arc;
 
@@ -25,8 +27,15 @@ type Chunk = Result<Frame<Bytes>, amphi_contract::BoxError>;
 /// Starts following `query` and returns the streaming response.
 pub fn stream(platform: Arc<Platform>, query: LogQuery) -> Response<ResponseBody> {
     let (sender, receiver) = mpsc::channel::<Chunk>(256);
-    let feed = platform.logs.subscribe();
-    tokio::spawn(follow(platform, query, feed, sender));
+    match platform.cluster.as_ref().map(crate::cluster::Cluster::logs_shipped) {
+        Some(shipped) => {
+            tokio::spawn(follow_cluster(platform, query, shipped, sender));
+        }
+        None => {
+            let feed = platform.logs.subscribe();
+            tokio::spawn(follow(platform, query, feed, sender));
+        }
+    }
     let body = StreamBody::new(ReceiverStream::new(receiver)).boxed_unsync();
     let mut response = Response::new(body);
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
@@ -89,6 +98,37 @@ async fn follow(
     }
 }
 
+/// Longest a cluster follower waits for a shipping notice before it reads the shared store anyway
+/// (a notice lost with its connection).
+const CLUSTER_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Following in a cluster: the lines and records of every gateway, read from the shared store
+/// past the cursor whenever a gateway announces a shipped batch.
+async fn follow_cluster(
+    platform: Arc<Platform>,
+    query: LogQuery,
+    mut shipped: tokio::sync::watch::Receiver<u64>,
+    sender: mpsc::Sender<Chunk>,
+) {
+    let mut shutdown = platform.shutdown_signal();
+    let mut cursor = Cursor::default();
+    shipped.mark_unchanged();
+    if !backlog(&platform, &query, &mut cursor, &sender).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = sender.closed() => return,
+            _ = shipped.changed() => {}
+            () = tokio::time::sleep(CLUSTER_RECHECK) => {}
+        }
+        if !catch_up(&platform, &query, &mut cursor, &sender).await {
+            return;
+        }
+    }
+}
+
 /// Sends the last `query.limit` lines the store has for `query`, and notes where records stand;
 /// false when the client is gone or the store failed.
 async fn backlog(
@@ -97,7 +137,7 @@ async fn backlog(
     cursor: &mut Cursor,
     sender: &mpsc::Sender<Chunk>,
 ) -> bool {
-    let store = platform.logs.clone();
+    let store = platform.log_reader.clone();
     let backlog_query = query.clone();
     let read = blocking(move || {
         let lines = store.logs(&backlog_query).map_err(internal)?;
@@ -127,7 +167,7 @@ async fn catch_up(
     cursor: &mut Cursor,
     sender: &mpsc::Sender<Chunk>,
 ) -> bool {
-    let (store, lines_query) = (platform.logs.clone(), query.clone());
+    let (store, lines_query) = (platform.log_reader.clone(), query.clone());
     let lines = move |after| {
         store.logs(&LogQuery {
             after_seq: Some(after),
@@ -139,7 +179,8 @@ async fn catch_up(
     if !send_pages(sender, &mut cursor.line, lines, |line| line.seq, StoredEvent::Log).await {
         return false;
     }
-    let (store, function, id) = (platform.logs.clone(), query.function.clone(), query.invocation_id.clone());
+    let (store, function, id) =
+        (platform.log_reader.clone(), query.function.clone(), query.invocation_id.clone());
     let records = move |after| {
         store.invocations(&InvocationQuery {
             function: function.clone(),

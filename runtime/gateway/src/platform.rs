@@ -20,7 +20,7 @@ use amphi_queue::JobQueue;
 use amphi_queue::embedded::EmbeddedQueue;
 use amphi_queue::postgres::PgQueue;
 use amphi_store::artifacts::Artifacts;
-use amphi_store::logs::LogStore;
+use amphi_store::logs::{LogReader, LogStore};
 use amphi_store::postgres::PgStore;
 use amphi_store::postgres::registry::PgRegistry;
 use amphi_store::registry::{ArtifactInfo, EmbeddedRegistry, Registry};
@@ -69,6 +69,9 @@ pub struct Platform {
     artifacts: Arc<Artifacts>,
     /// The log store.
     pub logs: Arc<LogStore>,
+    /// Where records and lines are read from: `logs`, or in a cluster the store every gateway
+    /// ships its own to.
+    pub log_reader: Arc<dyn LogReader>,
     backends: Vec<Arc<dyn Backend>>,
     routes: RwLock<HashMap<String, Route>>,
     deploys: tokio::sync::Mutex<()>,
@@ -141,6 +144,10 @@ impl Platform {
         };
         let artifacts = Arc::new(artifacts);
         let logs = Arc::new(LogStore::open(&data, config.logs.clone())?);
+        let log_reader: Arc<dyn LogReader> = match &cluster {
+            None => logs.clone(),
+            Some(cluster) => cluster.ship_logs(&logs),
+        };
         let wasm = Arc::new(WasmBackend::new(config.wasm.clone(), artifacts.clone())?);
         let container = ContainerBackend::new(data.path(), data.installation_id()?, logs.clone())?;
         let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone(), container.clone()];
@@ -151,6 +158,7 @@ impl Platform {
             serving: std::sync::OnceLock::new(),
             artifacts,
             logs,
+            log_reader,
             backends,
             routes: RwLock::default(),
             deploys: tokio::sync::Mutex::new(()),

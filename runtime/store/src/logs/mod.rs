@@ -20,6 +20,8 @@
 //! oldest of both once the database's data takes more than its byte budget.
 
 mod chunk;
+
+pub use chunk::chunk_of;
 mod schema;
 mod writer;
 
@@ -264,14 +266,8 @@ impl LogStore {
         self.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Log lines matching `query`, oldest first. Blocking.
-    ///
-    /// With `since_us` or `after_seq`, in the order stored (positions increase: a cursor to page
-    /// with); without, the newest `limit` lines by time. A batch stores each call's lines
-    /// together, so calls that logged at the same moment are in the store one after the other,
-    /// and the newest lines by time are gathered from chunks until no older chunk can hold one.
+    /// Log lines matching `query`, oldest first (see [`gather_lines`]). Blocking.
     pub fn logs(&self, query: &LogQuery) -> Result<Vec<LogLine>, StoreError> {
-        let forward = query.since_us.is_some() || query.after_seq.is_some();
         let (sql, params) = filtered(
             "SELECT seq, function, invocation_id, first_ts_us, last_ts_us, data FROM log_chunks",
             [
@@ -280,55 +276,48 @@ impl LogStore {
                 ("last_ts_us >= ?", query.since_us.map(|us| Value::Integer(us as i64))),
                 ("seq >= ?", query.after_seq.map(|seq| Value::Integer(chunk::chunk_of(seq)))),
             ],
-            forward,
+            query.is_forward(),
             None,
         );
-        let limit = query.limit.max(1);
         let conn = self.reader();
         let mut statement = conn.prepare_cached(&sql)?;
         let mut rows = statement.query(params_from_iter(params))?;
-        let mut lines: Vec<LogLine> = Vec::new();
-        // Newest first: the time of the oldest line kept once `limit` are in hand.
-        let mut oldest_kept: Option<u64> = None;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let last_ts = row.get::<_, i64>(4)? as u64;
-            if forward && lines.len() >= limit {
-                break;
+        gather_lines(query, || rows.next()?.map(raw_chunk).transpose())
+    }
+
+    /// What this store committed after the chunk position `chunk_after` and the record position
+    /// `record_after`, at most `limit` of each, oldest first, read in one snapshot: what a
+    /// shared store has not received yet. Blocking.
+    pub fn committed_after(
+        &self,
+        chunk_after: i64,
+        record_after: u64,
+        limit: usize,
+    ) -> Result<(Vec<RawChunk>, Vec<StoredRecord>), StoreError> {
+        let mut conn = self.reader();
+        let snapshot = conn.transaction()?;
+        let chunks = {
+            let mut statement = snapshot.prepare_cached(
+                "SELECT seq, function, invocation_id, first_ts_us, last_ts_us, data FROM log_chunks \
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = statement.query(rusqlite::params![chunk_after, limit as i64])?;
+            let mut chunks = Vec::new();
+            while let Some(row) = rows.next()? {
+                chunks.push(raw_chunk(row)?);
             }
-            if oldest_kept.is_some_and(|oldest| last_ts < oldest) {
-                break;
-            }
-            let function: String = row.get(1)?;
-            let invocation_id: String = row.get(2)?;
-            let first_ts = row.get::<_, i64>(3)? as u64;
-            let data =
-                row.get_ref(5)?.as_blob().map_err(|e| StoreError::Corrupt(format!("log chunk: {e}")))?;
-            for (index, line) in chunk::decode(data, first_ts)?.into_iter().enumerate() {
-                let line_seq = chunk::line_seq(seq, index);
-                let wanted = query.since_us.is_none_or(|since| line.ts_us >= since)
-                    && query.after_seq.is_none_or(|after| line_seq > after);
-                if wanted && (!forward || lines.len() < limit) {
-                    lines.push(LogLine {
-                        seq: line_seq,
-                        ts_us: line.ts_us,
-                        function: function.clone(),
-                        invocation_id: invocation_id.clone(),
-                        stream: line.stream,
-                        line: line.text,
-                    });
-                }
-            }
-            if !forward && lines.len() >= limit {
-                lines.sort_unstable_by_key(|l| std::cmp::Reverse((l.ts_us, l.seq)));
-                lines.truncate(limit);
-                oldest_kept = lines.last().map(|l| l.ts_us);
-            }
-        }
-        if !forward {
-            lines.sort_unstable_by_key(|l| (l.ts_us, l.seq));
-        }
-        Ok(lines)
+            chunks
+        };
+        let records = {
+            let mut statement = snapshot.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM invocations WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows =
+                statement.query_map(rusqlite::params![record_after as i64, limit as i64], record_from_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        snapshot.finish()?;
+        Ok((chunks, records))
     }
 
     /// Invocation records matching `query`. Blocking.
@@ -376,6 +365,111 @@ impl TelemetrySink for LogStore {
             self.counters.queued_records.fetch_sub(1, Ordering::AcqRel);
             self.counters.records_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The lines `query` asks for, from chunks in the order [`filtered`] gives them (by position:
+/// oldest first when the query is forward, newest first otherwise), read one by one with
+/// `next_chunk` until no further chunk can hold a wanted line. Shared by every log store.
+///
+/// With `since_us` or `after_seq`, in the order stored (positions increase: a cursor to page
+/// with); without, the newest `limit` lines by time. A batch stores each call's lines together,
+/// so calls that logged at the same moment are in the store one after the other, and the newest
+/// lines by time are gathered from chunks until no older chunk can hold one.
+pub fn gather_lines(
+    query: &LogQuery,
+    mut next_chunk: impl FnMut() -> Result<Option<RawChunk>, StoreError>,
+) -> Result<Vec<LogLine>, StoreError> {
+    let forward = query.is_forward();
+    let limit = query.limit.max(1);
+    let mut lines: Vec<LogLine> = Vec::new();
+    // Newest first: the time of the oldest line kept once `limit` are in hand.
+    let mut oldest_kept: Option<u64> = None;
+    while let Some(chunk) = next_chunk()? {
+        if forward && lines.len() >= limit {
+            break;
+        }
+        if oldest_kept.is_some_and(|oldest| chunk.last_ts_us < oldest) {
+            break;
+        }
+        for (index, line) in chunk::decode(&chunk.data, chunk.first_ts_us)?.into_iter().enumerate() {
+            let line_seq = chunk::line_seq(chunk.seq, index);
+            let wanted = query.since_us.is_none_or(|since| line.ts_us >= since)
+                && query.after_seq.is_none_or(|after| line_seq > after);
+            if wanted && (!forward || lines.len() < limit) {
+                lines.push(LogLine {
+                    seq: line_seq,
+                    ts_us: line.ts_us,
+                    function: chunk.function.clone(),
+                    invocation_id: chunk.invocation_id.clone(),
+                    stream: line.stream,
+                    line: line.text,
+                });
+            }
+        }
+        if !forward && lines.len() >= limit {
+            lines.sort_unstable_by_key(|l| std::cmp::Reverse((l.ts_us, l.seq)));
+            lines.truncate(limit);
+            oldest_kept = lines.last().map(|l| l.ts_us);
+        }
+    }
+    if !forward {
+        lines.sort_unstable_by_key(|l| (l.ts_us, l.seq));
+    }
+    Ok(lines)
+}
+
+/// One stored chunk: a run of one invocation's lines, encoded ([`chunk`]), at position `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChunk {
+    /// Its position in the store it was read from.
+    pub seq: i64,
+    /// The function that logged.
+    pub function: String,
+    /// The invocation that logged.
+    pub invocation_id: String,
+    /// When its first line was written (µs since the Unix epoch).
+    pub first_ts_us: u64,
+    /// When its last line was written.
+    pub last_ts_us: u64,
+    /// The lines, encoded.
+    pub data: Vec<u8>,
+}
+
+fn raw_chunk(row: &rusqlite::Row<'_>) -> Result<RawChunk, StoreError> {
+    Ok(RawChunk {
+        seq: row.get(0)?,
+        function: row.get(1)?,
+        invocation_id: row.get(2)?,
+        first_ts_us: row.get::<_, i64>(3)? as u64,
+        last_ts_us: row.get::<_, i64>(4)? as u64,
+        data: row.get(5)?,
+    })
+}
+
+/// Where records and lines are read from: the gateway's own log store, or, in a cluster, the
+/// shared one every gateway ships to. Blocking.
+pub trait LogReader: Send + Sync + 'static {
+    /// Log lines matching `query`, oldest first (see [`gather_lines`]).
+    fn logs(&self, query: &LogQuery) -> Result<Vec<LogLine>, StoreError>;
+    /// Invocation records matching `query`.
+    fn invocations(&self, query: &InvocationQuery) -> Result<Vec<StoredRecord>, StoreError>;
+}
+
+impl LogReader for LogStore {
+    fn logs(&self, query: &LogQuery) -> Result<Vec<LogLine>, StoreError> {
+        LogStore::logs(self, query)
+    }
+
+    fn invocations(&self, query: &InvocationQuery) -> Result<Vec<StoredRecord>, StoreError> {
+        LogStore::invocations(self, query)
+    }
+}
+
+impl LogQuery {
+    /// Whether lines come oldest first from a position or a time (else: the newest `limit`).
+    pub fn is_forward(&self) -> bool {
+        self.since_us.is_some() || self.after_seq.is_some()
     }
 }
 

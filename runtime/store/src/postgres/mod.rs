@@ -11,6 +11,7 @@
 //! - [`chunks`]: artifact bytes, content-addressed, in chunks;
 //! - [`nodes`]: the gateways of the cluster and when each was last seen;
 //! - [`changes`]: `LISTEN`/`NOTIFY` on function changes, so every gateway routes a deploy at once;
+//! - [`logs`]: the records and log lines every gateway ships from its own log store;
 //! - [`settings`]: what every gateway shares, such as the admin token.
 //!
 //! The job queue's tables are migrated here too (one schema, one migration history); the queue
@@ -18,6 +19,7 @@
 
 pub mod changes;
 pub mod chunks;
+pub mod logs;
 pub mod nodes;
 pub mod registry;
 pub mod settings;
