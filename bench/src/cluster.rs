@@ -119,8 +119,8 @@ pub async fn run(plan: &Plan) -> Result<Section> {
     section.goals.push(Goal::new(
         format!("`--store postgres` costs ≤ {:.0}% of a call's throughput", GOAL_STORE_COST * 100.0),
         format!(
-            "{:.0} vs {:.0} req/s: {:+.1}% (records and logs are still kept per gateway, not in \
-             PostgreSQL: what this measures is routing from a shared registry)",
+            "{:.0} vs {:.0} req/s: {:+.1}% (records and log lines shipped to PostgreSQL in batches \
+             beside the calls, routes from the shared registry)",
             with_store.rps,
             alone.rps,
             -cost * 100.0

@@ -681,14 +681,38 @@ pub async fn describe(client: &Client, args: NameArgs) -> Result<ExitCode> {
             if c["network"] == true { "bridge" } else { "none" },
             if c["writable_root"] == true { "writable" } else { "read-only" }
         );
-        for instance in described["instances"].as_array().into_iter().flatten() {
-            out!(
-                "  {}  {:<9}  {} in flight, idle {}ms",
+        let instance_line = |instance: &Value| {
+            format!(
+                "{}  {:<9}  {} in flight, idle {}ms",
                 instance["id"].as_str().unwrap_or("?"),
                 instance["state"].as_str().unwrap_or("?"),
                 instance["in_flight"],
                 instance["idle_ms"]
-            );
+            )
+        };
+        match described["nodes"].as_array() {
+            // A cluster: each node keeps its own instances (min_instances is per node).
+            Some(nodes) => {
+                for node in nodes {
+                    let id = node["id"].as_str().unwrap_or("?");
+                    let address = node["address"].as_str().unwrap_or("?");
+                    match node["error"].as_str() {
+                        Some(why) => out!("  node {id} ({address}): not answering: {why}"),
+                        None => {
+                            let instances = node["instances"].as_array().map_or(&[][..], Vec::as_slice);
+                            out!("  node {id} ({address}): {} instance(s)", instances.len());
+                            for instance in instances {
+                                out!("    {}", instance_line(instance));
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                for instance in described["instances"].as_array().into_iter().flatten() {
+                    out!("  {}", instance_line(instance));
+                }
+            }
         }
     } else {
         out!("outbound:     {}", if hosts.is_empty() { "(denied)".into() } else { hosts.join(" ") });

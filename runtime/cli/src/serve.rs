@@ -19,13 +19,19 @@ pub struct ServeArgs {
     #[arg(long, env = "AMPHI_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Data directory (artifacts, compiled code, registry, logs). With --store it holds this
-    /// node's cache and what is not shared yet.
+    /// node's cache, build scratch and its own log store (shipped to the shared one).
     #[arg(long, env = "AMPHI_DATA", default_value = DEFAULT_DATA)]
     data: PathBuf,
     /// A PostgreSQL store shared with other gateways (`postgres://USER@HOST/DB`): the registry,
-    /// the artifacts and the list of nodes live there. Unset: everything is in --data.
+    /// the artifacts, records and logs, async jobs and schedules, the admin token and the list of
+    /// nodes live there. Unset: everything is in --data.
     #[arg(long, env = "AMPHI_STORE", value_name = "URL")]
     store: Option<String>,
+    /// An OCI registry (`HOST:PORT`, plain HTTP on loopback or a trusted network) the cluster's
+    /// nodes share the images they build from Dockerfiles through: pushed after the build,
+    /// pulled by a node on its first cold start of the function.
+    #[arg(long, env = "AMPHI_IMAGE_REGISTRY", value_name = "HOST:PORT", value_parser = parse_registry)]
+    image_registry: Option<String>,
     /// Largest request body of a function call.
     #[arg(long, default_value = "16MiB", value_parser = parse_bytes)]
     max_body: u64,
@@ -127,6 +133,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let mut config = ServeConfig::new(args.listen, args.data.clone());
     config.token = std::env::var("AMPHI_TOKEN").ok().filter(|t| !t.is_empty());
     config.store = args.store.clone().filter(|url| !url.is_empty());
+    config.image_registry = args.image_registry.clone();
     config.max_body_bytes = args.max_body;
     config.max_upload_bytes = args.max_upload;
     config.log_bytes_per_invocation = usize::try_from(args.log_limit).unwrap_or(usize::MAX);
@@ -234,4 +241,18 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+/// `HOST:PORT` of an image registry: no scheme, no path (Docker names images `HOST:PORT/repo`).
+fn parse_registry(text: &str) -> Result<String, String> {
+    let valid = !text.contains("://")
+        && !text.contains('/')
+        && text.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not HOST:PORT of a registry (such as 127.0.0.1:5000, without http:// or a path)"
+        ))
+    }
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use amphi_test_services::{Haproxy, Postgres};
+use amphi_test_services::{DockerEngine, Haproxy, Postgres, Registry};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::{TestServer, header};
@@ -558,4 +558,77 @@ async fn records_and_logs_of_every_gateway_are_read_through_any() {
         .await;
     let all = records.as_array().map_or(0, Vec::len);
     assert_eq!(all, 23, "every call once: 1 + 2 followed + 20 while PostgreSQL was down: {records}");
+}
+
+/// A Dockerfile function built on A answers on B, which runs containers on a Docker engine of its
+/// own: A pushes the image to the cluster's registry before the deploy is acknowledged, and B
+/// pulls it on its first cold start (counted in that call's `init` time).
+#[tokio::test]
+async fn a_container_function_built_on_one_node_runs_on_another() {
+    support::docker::engine().await;
+    let postgres = Postgres::start();
+    let registry = Registry::start();
+    let engine_b = DockerEngine::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+    let flags = ["--store", &postgres.url(), "--image-registry", &registry.host()];
+    let a = TestServer::start_with(a_dir.path(), &flags);
+    let b = TestServer::start_with_env(b_dir.path(), &flags, &[("DOCKER_HOST", &engine_b.docker_host())]);
+
+    let deployed = support::docker::deploy(&a, "py", &support::docker::example("python-http"), &[]);
+    let image = deployed["digest"].as_str().expect("the image id").to_string();
+    let b_engine = bollard::Docker::connect_with_unix(
+        engine_b.socket.to_str().expect("a UTF-8 path"),
+        30,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .expect("B's engine");
+    assert!(
+        b_engine.inspect_image(&image).await.is_err(),
+        "B's engine does not have the image before a call"
+    );
+
+    let first = b.get("py", "/").await;
+    let timing = header(&first, "server-timing").to_string();
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap_or_default());
+    assert!(timing.contains("desc=\"cold\""), "the first call on B is a cold start: {timing}");
+    let init_ms: f64 = timing
+        .split(',')
+        .find(|metric| metric.trim_start().starts_with("init"))
+        .and_then(|init| init.split("dur=").nth(1))
+        .and_then(|dur| dur.split(';').next())
+        .and_then(|dur| dur.parse().ok())
+        .expect("an init duration");
+    eprintln!("first call on B, image pulled from the registry: init {init_ms:.0} ms ({timing})");
+    assert!(b_engine.inspect_image(&image).await.is_ok(), "B's engine pulled the image");
+    let second = b.get("py", "/").await;
+    assert_eq!(second.status(), 200);
+    assert!(header(&second, "server-timing").contains("desc=\"warm\""), "then warm");
+
+    // Instances are per node: described through A, B's instance is listed under B.
+    let described = a.describe("py").await;
+    let nodes = described["nodes"].as_array().expect("instances by node");
+    let count = |server: &TestServer| {
+        let address = server.url.trim_start_matches("http://");
+        let node = nodes.iter().find(|n| n["address"] == address).expect("the node is listed");
+        node["instances"].as_array().map_or(usize::MAX, Vec::len)
+    };
+    assert_eq!((count(&a), count(&b)), (0, 1), "{described}");
+    let shown = support::stdout(&a.cli(&["describe", "py"]));
+    assert!(shown.contains(": 1 instance(s)") && shown.contains(": 0 instance(s)"), "{shown}");
+
+    // A registry that is not there: the deploy fails with a clear problem, nothing deployed.
+    let c_dir = tempfile::tempdir().expect("c");
+    let nowhere = TestServer::start_with(
+        c_dir.path(),
+        &["--store", &postgres.url(), "--image-registry", "127.0.0.1:9"],
+    );
+    let refused = nowhere.cli(&[
+        "deploy",
+        "nowhere",
+        support::docker::example("python-http").to_str().expect("utf-8"),
+        "--dockerfile",
+    ]);
+    assert!(!refused.status.success());
+    assert!(support::stderr(&refused).contains("could not get it"), "{}", support::stderr(&refused));
+    assert_eq!(b.get("nowhere", "/").await.status(), 404);
 }

@@ -36,6 +36,14 @@ impl ContainerDriver {
         self.launch
             .get_or_try_init(|| async {
                 let config = &self.function.config.container;
+                if let Some(registry) = &self.host.registry {
+                    // Built on another node: pulled on this node's first cold start.
+                    image::fetch(&self.host.engine, registry, &self.function.digest).await.map_err(|e| {
+                        StartError::Failed(format!(
+                            "the function's image is not on this node and could not be pulled: {e}"
+                        ))
+                    })?;
+                }
                 let image = image::inspect(&self.host.engine, &self.function.digest).await?;
                 let command = config.command.clone().unwrap_or(image.command);
                 if command.is_empty() {

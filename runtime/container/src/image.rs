@@ -175,3 +175,107 @@ pub async fn build(
         Err(e) => Err(e.into()),
     }
 }
+
+/// The registry a cluster's nodes share the images Amphi builds through (`serve --image-registry
+/// HOST:PORT`): an image built on one node is pushed there before its deploy is acknowledged,
+/// and a node that needs it pulls it on its first cold start. Images are kept under
+/// `HOST:PORT/amphi/function:<hex of the image id>`; an image id is the digest of its config,
+/// which pushing and pulling keep, so the function's artifact names the same image everywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRegistry {
+    host: String,
+}
+
+impl std::fmt::Display for ImageRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.host)
+    }
+}
+
+impl ImageRegistry {
+    /// The repository's name in the registry.
+    const REPOSITORY: &str = "amphi/function";
+
+    /// The registry at `host` (`HOST:PORT`, no scheme).
+    pub fn new(host: impl Into<String>) -> Self {
+        Self { host: host.into() }
+    }
+
+    /// Where image `id` is kept: the repository and the tag.
+    fn reference(&self, id: &str) -> (String, String) {
+        (format!("{}/{}", self.host, Self::REPOSITORY), id.trim_start_matches("sha256:").to_string())
+    }
+}
+
+/// Why an image could not be shared through the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The engine is unavailable or refused the request.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The registry refused, or the engine could not reach it.
+    #[error("the image registry {registry}: {message}")]
+    Registry {
+        /// The registry.
+        registry: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Pushes image `id` to `registry`.
+pub async fn publish(engine: &Engine, registry: &ImageRegistry, id: &str) -> Result<(), RegistryError> {
+    let (repository, tag) = registry.reference(id);
+    let tagged = (id.to_string(), repository.clone(), tag.clone());
+    engine
+        .run(|docker| async move {
+            let (id, repository, tag) = tagged;
+            let options =
+                bollard::query_parameters::TagImageOptionsBuilder::new().repo(&repository).tag(&tag).build();
+            docker.tag_image(&id, Some(options)).await
+        })
+        .await?;
+    let docker = engine.client().await?;
+    let options = bollard::query_parameters::PushImageOptionsBuilder::new().tag(&tag).build();
+    let mut pushing = docker.push_image(&repository, Some(options), None);
+    while let Some(item) = pushing.next().await {
+        let failed = match item {
+            Ok(info) => info.error_detail.and_then(|detail| detail.message),
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(message) = failed {
+            return Err(RegistryError::Registry { registry: registry.host.clone(), message });
+        }
+    }
+    Ok(())
+}
+
+/// Pulls image `id` from `registry` onto `engine`, unless it is there already; returns whether it
+/// pulled.
+pub async fn fetch(engine: &Engine, registry: &ImageRegistry, id: &str) -> Result<bool, RegistryError> {
+    match inspect(engine, id).await {
+        Ok(_) => return Ok(false),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (repository, tag) = registry.reference(id);
+    let docker = engine.client().await?;
+    let options =
+        bollard::query_parameters::CreateImageOptionsBuilder::new().from_image(&repository).tag(&tag).build();
+    let mut pulling = docker.create_image(Some(options), None, None);
+    while let Some(item) = pulling.next().await {
+        let failed = match item {
+            Ok(info) => info.error_detail.and_then(|detail| detail.message),
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(message) = failed {
+            return Err(RegistryError::Registry { registry: registry.host.clone(), message });
+        }
+    }
+    // The pulled image must be the one the function names.
+    inspect(engine, id).await.map_err(|e| RegistryError::Registry {
+        registry: registry.host.clone(),
+        message: format!("pulled {repository}:{tag}, but image {id} is not on the engine: {e}"),
+    })?;
+    Ok(true)
+}

@@ -28,6 +28,7 @@ use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::engine::{Engine, EngineError};
+use crate::image::ImageRegistry;
 use crate::socket::{ShimSocket, SocketError};
 
 /// Label on everything Amphi creates.
@@ -65,6 +66,8 @@ pub struct InstanceHost {
     pub run_root: PathBuf,
     /// The host path of the shim binary.
     pub shim: PathBuf,
+    /// Where the cluster's nodes share the images they build, if they do.
+    pub registry: Option<ImageRegistry>,
 }
 
 /// What an instance runs, from the function's config and its image.

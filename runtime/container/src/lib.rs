@@ -47,7 +47,7 @@ use tokio::sync::oneshot;
 pub use crate::context::{CheckedContext, ContextError};
 use crate::driver::ContainerDriver;
 pub use crate::engine::EngineError;
-pub use crate::image::{BuildError, BuildEvent, ImageInfo};
+pub use crate::image::{BuildError, BuildEvent, ImageInfo, ImageRegistry};
 use crate::instance::{CallError, InstanceHost, LABEL_INSTALLATION};
 
 /// The pool of one function version's containers.
@@ -91,6 +91,7 @@ impl ContainerBackend {
         data: &Path,
         installation: String,
         sink: Arc<dyn TelemetrySink>,
+        registry: Option<ImageRegistry>,
     ) -> Result<Arc<Self>, ContainerError> {
         let io = |what: String| move |source| ContainerError::Io { what, source };
         let run_root = data.join("run");
@@ -108,8 +109,14 @@ impl ContainerBackend {
                 .map_err(io(format!("restricting {}", run_root.display())))?;
         }
         let shim = install_shim(data).map_err(io("installing the container shim".into()))?;
-        let host =
-            Arc::new(InstanceHost { engine: engine::Engine::default(), sink, installation, run_root, shim });
+        let host = Arc::new(InstanceHost {
+            engine: engine::Engine::default(),
+            sink,
+            installation,
+            run_root,
+            shim,
+            registry,
+        });
         Ok(Arc::new(Self { host, pools: Mutex::default(), retired: Mutex::default() }))
     }
 
@@ -242,7 +249,18 @@ impl ContainerBackend {
         })
         .await;
         match built {
-            Ok(image) => Ok(image_artifact(image)),
+            Ok(image) => {
+                if let Some(registry) = &self.host.registry {
+                    progress(BuildProgress::Output(format!("pushing the image to {registry}")));
+                    image::publish(&self.host.engine, registry, &image.id).await.map_err(|e| {
+                        BuildFailure::new(
+                            ProblemKind::BackendUnavailable,
+                            format!("the image was built, but the other nodes could not get it: {e}"),
+                        )
+                    })?;
+                }
+                Ok(image_artifact(image))
+            }
             Err(BuildError::Engine(e)) => Err(engine_failure(e)),
             Err(failed) => {
                 let detail = failed.to_string();

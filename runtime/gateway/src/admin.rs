@@ -112,7 +112,10 @@ async fn route(
     match (&method, segments.as_slice()) {
         (&Method::POST, ["artifacts"]) => upload(platform, request, &query).await,
         (&Method::GET, ["functions"]) => Ok(json(StatusCode::OK, &platform.functions())),
-        (&Method::GET, ["functions", name]) => describe(platform, name).await,
+        (&Method::GET, ["functions", name]) => {
+            let credentials = request.headers().get(http::header::AUTHORIZATION).cloned();
+            describe(platform, name, query.get("scope").is_some_and(|s| s == "node"), credentials).await
+        }
         (&Method::PUT, ["functions", name]) => deploy(platform, name, request).await,
         (&Method::PATCH, ["functions", name]) => update(platform, name, request).await,
         (&Method::DELETE, ["functions", name]) => match platform.delete(name.to_string()).await? {
@@ -244,13 +247,26 @@ fn deployed_response((function, warning): (FunctionVersion, Option<String>)) -> 
     json(StatusCode::CREATED, &body)
 }
 
-async fn describe(platform: &Arc<Platform>, name: &str) -> Result<Response<ResponseBody>, Problem> {
-    let route = platform.route(name).ok_or_else(|| not_found(name))?;
+/// A function as `GET /v1/functions/{name}` shows it: its versions, and this gateway's calls in
+/// flight and instances; in a cluster, also every node's instances (`nodes`), asked of each node
+/// with the caller's credentials, unless `this_node_only` (`?scope=node`, what nodes ask each
+/// other).
+async fn describe(
+    platform: &Arc<Platform>,
+    name: &str,
+    this_node_only: bool,
+    credentials: Option<http::HeaderValue>,
+) -> Result<Response<ResponseBody>, Problem> {
+    let route = crate::cluster::route(platform, name).await.ok_or_else(|| not_found(name))?;
     let versions = platform.versions(name.to_string()).await?;
     let in_flight = route.capacity.in_flight();
     let mut body = json!({ "function": route.function, "versions": versions, "in_flight": in_flight });
     if let Some(instances) = route.backend.instances(name) {
         body["instances"] = json!(instances);
+        if !this_node_only && platform.cluster.is_some() {
+            body["nodes"] =
+                json!(crate::cluster::instances_by_node(platform, name, &body, credentials).await?);
+        }
     }
     Ok(json(StatusCode::OK, &body))
 }

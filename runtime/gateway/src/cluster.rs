@@ -23,6 +23,11 @@ use amphi_store::postgres::PgStore;
 use amphi_store::postgres::changes::{self, Change};
 use amphi_store::postgres::logs::PgLogs;
 use amphi_store::postgres::nodes::{Node, PgNodes};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 use crate::GatewayError;
 use crate::platform::{Platform, Route, blocking, stored};
@@ -45,6 +50,8 @@ pub struct Cluster {
     unknown: moka::sync::Cache<String, ()>,
     /// Counts the batches of records and lines any gateway shipped, so followers read them.
     logs_shipped: tokio::sync::watch::Sender<u64>,
+    /// Asks the other gateways about their instances.
+    peers: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Cluster {
@@ -57,6 +64,7 @@ impl Cluster {
             node_id,
             unknown,
             logs_shipped: tokio::sync::watch::Sender::new(0),
+            peers: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
 
@@ -238,6 +246,62 @@ fn follow(platform: &Platform, change: Change) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// How long a node's answer about its instances is waited for.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every node's instances of `name`: this node's from `described` (its own describe), the other
+/// live nodes' asked of them (`?scope=node`) with the caller's `credentials`, at once. A node that
+/// does not answer is listed with the reason.
+pub async fn instances_by_node(
+    platform: &Arc<Platform>,
+    name: &str,
+    described: &serde_json::Value,
+    credentials: Option<http::HeaderValue>,
+) -> Result<Vec<serde_json::Value>, Problem> {
+    let Some(cluster) = &platform.cluster else { return Ok(Vec::new()) };
+    let asked = nodes(platform).await?.into_iter().filter(|node| node.state == "up").map(|node| {
+        let credentials = credentials.clone();
+        async move {
+            let mut entry = serde_json::json!({ "id": node.id, "address": node.address });
+            if node.id == cluster.node_id {
+                entry["instances"] = described["instances"].clone();
+                return entry;
+            }
+            match ask_instances(cluster, &node.address, name, credentials).await {
+                Ok(instances) => entry["instances"] = instances,
+                Err(why) => entry["error"] = why.into(),
+            }
+            entry
+        }
+    });
+    Ok(futures::future::join_all(asked).await)
+}
+
+/// The instances of `name` on the gateway at `address`.
+async fn ask_instances(
+    cluster: &Cluster,
+    address: &str,
+    name: &str,
+    credentials: Option<http::HeaderValue>,
+) -> Result<serde_json::Value, String> {
+    let mut request = http::Request::get(format!("http://{address}/v1/functions/{name}?scope=node"));
+    if let Some(credentials) = credentials {
+        request = request.header(http::header::AUTHORIZATION, credentials);
+    }
+    let request = request.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let asked = async {
+        let response = cluster.peers.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if !status.is_success() {
+            return Err(format!("it answered {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        let described: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok(described["instances"].clone())
+    };
+    tokio::time::timeout(PEER_TIMEOUT, asked).await.map_err(|_| "it did not answer in time".to_string())?
 }
 
 /// The gateways sharing this one's store (this one alone when the store is embedded).

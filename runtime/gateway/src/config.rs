@@ -17,6 +17,8 @@ pub struct ServeConfig {
     /// A PostgreSQL store shared with other gateways (`postgres://…`); `None`: everything is in
     /// the data directory.
     pub store: Option<String>,
+    /// The image registry (`HOST:PORT`) the cluster's nodes share built images through.
+    pub image_registry: Option<String>,
     /// The admin token; when `None`, the one stored in the data directory, or a new one.
     pub token: Option<String>,
     /// Largest request body a function call may carry.
@@ -65,6 +67,7 @@ impl ServeConfig {
             listen,
             data_dir,
             store: None,
+            image_registry: None,
             token: None,
             max_body_bytes: 16 << 20,
             max_upload_bytes: 128 << 20,

@@ -149,7 +149,8 @@ impl Platform {
             Some(cluster) => cluster.ship_logs(&logs),
         };
         let wasm = Arc::new(WasmBackend::new(config.wasm.clone(), artifacts.clone())?);
-        let container = ContainerBackend::new(data.path(), data.installation_id()?, logs.clone())?;
+        let images = config.image_registry.clone().map(amphi_container::ImageRegistry::new);
+        let container = ContainerBackend::new(data.path(), data.installation_id()?, logs.clone(), images)?;
         let backends: Vec<Arc<dyn Backend>> = vec![wasm.clone(), container.clone()];
         let platform = Self {
             data,

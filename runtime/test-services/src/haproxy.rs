@@ -22,12 +22,7 @@ impl Haproxy {
             .into_iter()
             .find(|path| std::path::Path::new(path).exists())
             .unwrap_or_else(|| panic!("HAProxy is not installed; install it: apt-get install haproxy"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("a free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = crate::free_loopback_addr();
         let dir = tempfile::Builder::new().prefix("amphi-haproxy-").tempdir().expect("tempdir");
         let mut config = format!(
             "global\n  maxconn 4000\n\

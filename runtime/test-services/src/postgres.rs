@@ -65,11 +65,7 @@ impl Postgres {
             .output()
             .expect("initdb runs");
         assert!(initdb.status.success(), "initdb: {}", String::from_utf8_lossy(&initdb.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("a free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = crate::free_loopback_addr().port();
         let mut server = Self { child: None, dir, port };
         server.launch();
         server
