@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use amphi_test_services::{DockerEngine, Haproxy, Postgres, Registry};
+use amphi_test_services::{DockerEngine, Haproxy, NetNamespace, Postgres, Registry};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::{TestServer, header};
@@ -631,4 +631,67 @@ async fn a_container_function_built_on_one_node_runs_on_another() {
     assert!(!refused.status.success());
     assert!(support::stderr(&refused).contains("could not get it"), "{}", support::stderr(&refused));
     assert_eq!(b.get("nowhere", "/").await.status(), 404);
+}
+
+/// The state `server` lists the node at `address` in (`up` or `gone`), if listed.
+async fn node_state(server: &TestServer, address: &str) -> Option<String> {
+    let nodes: Value =
+        server.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+    let node = nodes.as_array().into_iter().flatten().find(|n| n["address"] == address)?;
+    node["state"].as_str().map(str::to_string)
+}
+
+/// A node whose network fails (the link of its network namespace cut) and comes back: while cut
+/// it misses an update made through another gateway and is listed as gone; once back it rejoins
+/// (listed up again) and serves the current version.
+#[tokio::test]
+async fn a_node_cut_off_and_back_rejoins_and_serves_current_versions() {
+    let namespace = NetNamespace::create();
+    let postgres = Postgres::start_also_on(&[namespace.host_ip]);
+    let (a_dir, n_dir) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("n"));
+    let a = gateway(&postgres, a_dir.path());
+    let n =
+        TestServer::start_in(&namespace, n_dir.path(), &["--store", &postgres.url_via(namespace.host_ip)]);
+    let n_address = n.url.trim_start_matches("http://").to_string();
+    a.deploy(
+        "hello",
+        amphi_guest_artifacts::RUST_HTTP_COMPONENT,
+        json!({ "env": { "VERSION_TAG": "before" } }),
+    )
+    .await;
+    wait_call(&n, "hello", "/sleep?ms=0", |status, body| status == 200 && body == "before").await;
+
+    namespace.cut();
+    let patched = a
+        .admin(Method::PATCH, "/functions/hello")
+        .json(&json!({ "env": { "VERSION_TAG": "after" } }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node_state(&a, &n_address).await.as_deref() != Some("gone") {
+        assert!(Instant::now() < deadline, "the cut-off node is never listed as gone");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    namespace.restore();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(60);
+    loop {
+        let served = tokio::time::timeout(Duration::from_secs(2), n.get("hello", "/sleep?ms=0")).await;
+        let current = match served {
+            Ok(response) => response.text().await.unwrap_or_default() == "after",
+            Err(_) => false,
+        };
+        if current && node_state(&a, &n_address).await.as_deref() == Some("up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never came back with the current version");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the node rejoined and served the current version {:?} after its link came back",
+        back.elapsed()
+    );
 }

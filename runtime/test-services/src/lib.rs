@@ -1,15 +1,18 @@
 //! Real services of a test's or a benchmark's own, each on a loopback port (or socket) and
 //! stopped when dropped: [`Postgres`] (Debian's `postgresql-15`), [`Haproxy`] (Debian's
-//! `haproxy`), [`Registry`] (Debian's `docker-registry`) and a second [`DockerEngine`] (Debian's
-//! `docker.io`). A missing one fails loudly, naming the package to install.
+//! `haproxy`), [`Registry`] (Debian's `docker-registry`), a second [`DockerEngine`] (Debian's
+//! `docker.io`), and a [`NetNamespace`] to run a gateway behind a link a test can cut. A missing
+//! one fails loudly, naming the package to install.
 
 mod docker;
 mod haproxy;
+mod netns;
 mod postgres;
 mod registry;
 
 pub use docker::DockerEngine;
 pub use haproxy::Haproxy;
+pub use netns::NetNamespace;
 pub use postgres::Postgres;
 pub use registry::Registry;
 

@@ -13,6 +13,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     /// Its loopback port.
     pub port: u16,
+    /// Addresses it listens on besides loopback (the host side of network namespaces).
+    also_on: Vec<std::net::Ipv4Addr>,
 }
 
 /// The directory of the server's programs, or a panic naming what to install.
@@ -50,6 +52,12 @@ fn as_server_user(program: &Path) -> Command {
 impl Postgres {
     /// Starts a fresh server; its superuser `amphi` needs no password on loopback.
     pub fn start() -> Self {
+        Self::start_also_on(&[])
+    }
+
+    /// Starts a fresh server that also listens on `addresses` (each the host side of a network
+    /// namespace of the test's own) and lets `amphi` in from their /30 without a password.
+    pub fn start_also_on(addresses: &[std::net::Ipv4Addr]) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new().prefix("amphi-pg-").tempdir().expect("tempdir");
         if is_root() {
@@ -66,7 +74,15 @@ impl Postgres {
             .expect("initdb runs");
         assert!(initdb.status.success(), "initdb: {}", String::from_utf8_lossy(&initdb.stderr));
         let port = crate::free_loopback_addr().port();
-        let mut server = Self { child: None, dir, port };
+        if !addresses.is_empty() {
+            let hba = data.join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            for address in addresses {
+                rules.push_str(&format!("host all all {address}/30 trust\n"));
+            }
+            std::fs::write(&hba, rules).expect("pg_hba.conf");
+        }
+        let mut server = Self { child: None, dir, port, also_on: addresses.to_vec() };
         server.launch();
         server
     }
@@ -75,7 +91,13 @@ impl Postgres {
         let child = as_server_user(&bin_dir().join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                &format!("listen_addresses={}", self.listen_addresses()),
+                "-k",
+            ])
             .arg(self.dir.path())
             .args(["-c", "max_connections=200"])
             .stdout(Stdio::null())
@@ -100,6 +122,18 @@ impl Postgres {
     /// `postgres://amphi@127.0.0.1:PORT/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://amphi@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL through `address`, one of those given to [`Postgres::start_also_on`].
+    pub fn url_via(&self, address: std::net::Ipv4Addr) -> String {
+        format!("postgres://amphi@{address}:{}/postgres", self.port)
+    }
+
+    fn listen_addresses(&self) -> String {
+        std::iter::once("127.0.0.1".to_string())
+            .chain(self.also_on.iter().map(|a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Stops the server (a fast shutdown) and waits for it.

@@ -81,8 +81,19 @@ impl TestServer {
 
     /// Starts a server with extra `serve` flags and environment variables.
     pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amphi"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        Self::launch(Command::new(env!("CARGO_BIN_EXE_amphi")), "127.0.0.1:0", data, extra, env)
+    }
+
+    /// Starts a server inside `namespace`, listening on its address there, with extra flags.
+    pub fn start_in(namespace: &amphi_test_services::NetNamespace, data: &Path, extra: &[&str]) -> Self {
+        let listen = format!("{}:0", namespace.inside_ip);
+        Self::launch(namespace.command(env!("CARGO_BIN_EXE_amphi")), &listen, data, extra, &[])
+    }
+
+    /// Runs `command` (the `amphi` binary, perhaps behind a wrapper that execs it) as `serve`.
+    fn launch(mut command: Command, listen: &str, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = command
+            .args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .args(extra)
             .envs(env.iter().copied())
