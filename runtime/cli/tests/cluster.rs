@@ -201,8 +201,9 @@ async fn calls_go_on_and_admin_answers_503_while_postgres_is_down() {
     assert_eq!(a.get("other", "/").await.status(), 200);
 }
 
-/// Three gateways behind a real HAProxy: one killed with SIGKILL under load loses only the calls
-/// it had in flight; a deploy acknowledged through the load balancer after it is served by the
+/// Three gateways behind a real HAProxy: one killed with SIGKILL under mixed load (sync wasm and
+/// container calls, async jobs) loses only the calls it had in flight; every job acknowledged
+/// with a 202 ends; a deploy acknowledged through the load balancer after it is served by the
 /// others.
 #[tokio::test]
 async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
@@ -215,15 +216,24 @@ async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
     let mut c = gateway(&postgres, dirs[2].path());
     let addr = |server: &TestServer| server.url.trim_start_matches("http://").parse().expect("an address");
     let balancer = Haproxy::start(&[addr(&a), addr(&b), addr(&c)]);
+    let docker = support::docker::engine().await;
     a.deploy("hello", amphi_guest_artifacts::RUST_HTTP_COMPONENT, json!({})).await;
-    for other in [&b, &c] {
+    // A container function too (the gateways share this machine's engine); each node's first
+    // instance is started before the load.
+    support::docker::deploy(&a, "py", &support::docker::example("python-http"), &["--max-instances", "2"]);
+    for other in [&a, &b, &c] {
         wait_call(other, "hello", "/", |status, _| status == 200).await;
+        wait_call(other, "py", "/sleep?ms=0", |status, _| status == 200).await;
     }
 
-    let url = format!("http://{}/fn/hello/sleep?ms=20", balancer.addr);
+    // Half the clients call the wasm function, half the container function.
+    let urls = [
+        format!("http://{}/fn/hello/sleep?ms=20", balancer.addr),
+        format!("http://{}/fn/py/sleep?ms=20", balancer.addr),
+    ];
     let started = Instant::now();
-    let load = (0..CLIENTS).map(|_| {
-        let (url, http) = (url.clone(), reqwest::Client::new());
+    let load = (0..CLIENTS).map(|client| {
+        let (url, http) = (urls[client % 2].clone(), reqwest::Client::new());
         tokio::spawn(async move {
             // (seconds since the start, whether it succeeded) of every call; bounded in count and time.
             let mut calls = Vec::new();
@@ -295,6 +305,15 @@ async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
         assert_eq!(job["state"], "succeeded", "{job}");
     }
     eprintln!("{} jobs acknowledged during the kill, all succeeded", accepted.len());
+
+    // The killed gateway could not remove its containers: the test does.
+    for container in support::docker::containers_of(&docker, dirs[2].path()).await {
+        if let Some(id) = container.id {
+            let options =
+                bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
+            let _ = docker.remove_container(&id, Some(options)).await;
+        }
+    }
 
     // The killed node is listed as gone once it has not been seen for 10 s.
     let killed = c.url.trim_start_matches("http://").to_string();
