@@ -30,18 +30,16 @@ async fn wait_call(server: &TestServer, name: &str, path: &str, done: impl Fn(u1
     }
 }
 
+/// The JSON answer of `GET /v1{path}` on `server`.
+async fn get_json(server: &TestServer, path: &str) -> Value {
+    server.admin(Method::GET, path).send().await.expect("an admin GET").json().await.expect("json")
+}
+
 /// Waits (up to `within`) until job `id` is over, and returns it.
 async fn wait_job(server: &TestServer, id: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let job: Value = server
-            .admin(Method::GET, &format!("/jobs/{id}"))
-            .send()
-            .await
-            .expect("a job")
-            .json()
-            .await
-            .expect("json");
+        let job: Value = get_json(server, &format!("/jobs/{id}")).await;
         if !matches!(job["state"].as_str(), Some("queued" | "running")) {
             return job;
         }
@@ -52,8 +50,7 @@ async fn wait_job(server: &TestServer, id: &str, within: Duration) -> Value {
 
 /// The node id of `server`, as the cluster lists it.
 async fn node_id(server: &TestServer) -> String {
-    let nodes: Value =
-        server.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+    let nodes: Value = get_json(server, "/nodes").await;
     let address = server.url.trim_start_matches("http://");
     let node = nodes.as_array().into_iter().flatten().find(|n| n["address"] == address);
     node.and_then(|n| n["id"].as_str()).expect("the server is a node").to_string()
@@ -111,8 +108,7 @@ async fn gateways_sharing_postgres_serve_each_others_deploys() {
     }
 
     // The cluster's nodes, from any gateway and from the CLI.
-    let nodes: Value =
-        b.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+    let nodes: Value = get_json(&b, "/nodes").await;
     let nodes = nodes.as_array().expect("a list");
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     assert!(nodes.iter().all(|n| n["state"] == "up"), "{nodes:?}");
@@ -147,8 +143,7 @@ async fn a_gateway_joining_late_routes_what_the_store_holds() {
 async fn an_embedded_gateway_lists_itself_as_its_only_node() {
     let temp = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(temp.path());
-    let nodes: Value =
-        server.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+    let nodes: Value = get_json(&server, "/nodes").await;
     assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
     assert_eq!(nodes[0]["address"], server.url.trim_start_matches("http://"));
     assert_eq!(nodes[0]["state"], "up");
@@ -319,8 +314,7 @@ async fn a_gateway_killed_under_load_loses_only_its_calls_in_flight() {
     let killed = c.url.trim_start_matches("http://").to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let nodes: Value =
-            a.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+        let nodes: Value = get_json(&a, "/nodes").await;
         let state = |address: &str| {
             nodes
                 .as_array()
@@ -448,14 +442,7 @@ async fn the_cluster_shares_its_jobs_and_a_lost_nodes_jobs_run_elsewhere() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let running: Value = a
-            .admin(Method::GET, "/jobs?function=work&state=running")
-            .send()
-            .await
-            .expect("jobs")
-            .json()
-            .await
-            .expect("json");
+        let running: Value = get_json(&a, "/jobs?function=work&state=running").await;
         let on_c = running.as_array().into_iter().flatten().any(|job| {
             job["attempts"].as_array().and_then(|a| a.last()).is_some_and(|a| a["node"] == c_id.as_str())
         });
@@ -495,14 +482,7 @@ async fn the_cluster_shares_its_jobs_and_a_lost_nodes_jobs_run_elsewhere() {
     let deleted = b.admin(Method::DELETE, "/schedules/tick").send().await.expect("delete the schedule");
     assert_eq!(deleted.status(), 204);
     let seconds = since.elapsed().as_secs_f64();
-    let jobs: Value = b
-        .admin(Method::GET, "/jobs?function=work&limit=1000")
-        .send()
-        .await
-        .expect("jobs")
-        .json()
-        .await
-        .expect("json");
+    let jobs: Value = get_json(&b, "/jobs?function=work&limit=1000").await;
     let ticks = jobs.as_array().into_iter().flatten().filter(|job| job["schedule"] == "tick").count();
     eprintln!("{ticks} scheduled jobs in {seconds:.1} s on two nodes");
     assert!(ticks >= 2 && ticks as f64 <= seconds + 1.0, "{ticks} jobs in {seconds:.1} s: one per tick");
@@ -654,8 +634,7 @@ async fn a_container_function_built_on_one_node_runs_on_another() {
 
 /// The state `server` lists the node at `address` in (`up` or `gone`), if listed.
 async fn node_state(server: &TestServer, address: &str) -> Option<String> {
-    let nodes: Value =
-        server.admin(Method::GET, "/nodes").send().await.expect("nodes").json().await.expect("json");
+    let nodes: Value = get_json(server, "/nodes").await;
     let node = nodes.as_array().into_iter().flatten().find(|n| n["address"] == address)?;
     node["state"].as_str().map(str::to_string)
 }

@@ -164,6 +164,12 @@ pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), G
         }
     });
     follow_jobs(platform, cluster);
+    let schedules = Arc::downgrade(platform);
+    changes::listen(&cluster.store, changes::SCHEDULES, move |_| {
+        if let Some(platform) = schedules.upgrade() {
+            platform.jobs.schedules_changed();
+        }
+    });
     let shipped = cluster.logs_shipped.clone();
     changes::listen(&cluster.store, changes::LOGS, move |_| {
         shipped.send_modify(|batches| *batches += 1);

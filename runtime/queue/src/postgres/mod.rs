@@ -11,7 +11,8 @@
 //! from an attempt whose lease was lost is ignored, like any report for an attempt that is not
 //! the job's current one. A schedule's tick is taken by a conditional update in the transaction
 //! that stores its job, so one node wins each tick. New, re-queued and released jobs are
-//! announced on [`changes::JOBS`], so an idle node's executor starts at once.
+//! announced on [`changes::JOBS`], so an idle node's executor starts at once; a schedule put or
+//! deleted on [`changes::SCHEDULES`], so every node's scheduler knows it (any may fire a tick).
 //!
 //! The per-state counts behind `--queue-max` and the metrics are the whole cluster's, read every
 //! [`COUNT_EVERY`] and moved by this node's own changes in between.
@@ -632,14 +633,16 @@ impl JobQueue for PgQueue {
 
     fn put_schedule(&self, name: &str, spec: &str, now_us: u64) -> BoxFuture<'_, Result<(), QueueError>> {
         let (name, spec) = (name.to_string(), spec.to_string());
-        self.run(move |client| async move {
-            client
-                .execute(
-                    "INSERT INTO schedules (name, spec, updated_us) VALUES ($1, $2, $3) \
-                     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_us = excluded.updated_us",
-                    &[&name, &spec, &(now_us as i64)],
-                )
-                .await?;
+        self.run(move |mut client| async move {
+            let tx = client.transaction().await?;
+            tx.execute(
+                "INSERT INTO schedules (name, spec, updated_us) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_us = excluded.updated_us",
+                &[&name, &spec, &(now_us as i64)],
+            )
+            .await?;
+            notify(&tx, changes::SCHEDULES, &name).await?;
+            tx.commit().await?;
             Ok(())
         })
     }
@@ -663,8 +666,12 @@ impl JobQueue for PgQueue {
 
     fn delete_schedule(&self, name: &str) -> BoxFuture<'_, Result<bool, QueueError>> {
         let name = name.to_string();
-        self.run(move |client| async move {
-            Ok(client.execute("DELETE FROM schedules WHERE name = $1", &[&name]).await? > 0)
+        self.run(move |mut client| async move {
+            let tx = client.transaction().await?;
+            let deleted = tx.execute("DELETE FROM schedules WHERE name = $1", &[&name]).await? > 0;
+            notify(&tx, changes::SCHEDULES, &name).await?;
+            tx.commit().await?;
+            Ok(deleted)
         })
     }
 

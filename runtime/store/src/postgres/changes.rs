@@ -16,6 +16,8 @@ use crate::StoreError;
 pub const FUNCTIONS: &str = "amphi_functions";
 /// The channel of jobs to run: the payload is the name of the function that has a job due.
 pub const JOBS: &str = "amphi_jobs";
+/// The channel of schedules put or deleted: the payload is the schedule's name.
+pub const SCHEDULES: &str = "amphi_schedules";
 /// The channel of records and log lines shipped: a batch was committed (no payload).
 pub const LOGS: &str = "amphi_logs";
 

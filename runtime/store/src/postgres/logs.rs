@@ -25,7 +25,7 @@ use crate::logs::{InvocationQuery, LogQuery, LogReader, LogStore, RawChunk, Stor
 /// Most chunks and records shipped in one transaction.
 const SHIP_BATCH: usize = 2000;
 /// How long the shipper lets commits gather before it ships them.
-const SHIP_LINGER: Duration = Duration::from_millis(20);
+const SHIP_LINGER: Duration = Duration::from_millis(50);
 /// How long it waits before trying again when PostgreSQL is away.
 const SHIP_RETRY: Duration = Duration::from_secs(1);
 /// Chunks a reader takes from PostgreSQL per round trip.
@@ -133,6 +133,10 @@ impl PgLogs {
         self.store
             .run(move |mut client| async move {
                 let tx = client.transaction().await?;
+                // The local log store keeps every row until the shared store holds it, and the
+                // shipper asks the shared store where it stands after any failure: a batch lost
+                // in a PostgreSQL crash is shipped again, so the commit need not wait for a flush.
+                tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SHIP_LOCK]).await?;
                 if !chunks.is_empty() {
                     let seqs: Vec<i64> = chunks.iter().map(|c| c.seq).collect();
@@ -179,22 +183,15 @@ impl PgLogs {
     /// `max_records` and `max_chunks` positions. Blocking.
     pub fn purge(&self, before_us: u64, max_records: u64, max_chunks: u64) -> Result<u64, StoreError> {
         self.store.with_client(move |client| async move {
-            let before = before_us as i64;
             let mut removed = 0;
-            removed += client
-                .execute(
-                    "DELETE FROM invocations WHERE start_us < $1
-                        OR seq <= (SELECT MAX(seq) FROM invocations) - $2",
-                    &[&before, &(max_records as i64)],
-                )
-                .await?;
-            removed += client
-                .execute(
-                    "DELETE FROM log_chunks WHERE last_ts_us < $1
-                        OR seq <= (SELECT MAX(seq) FROM log_chunks) - $2",
-                    &[&before, &(max_chunks as i64)],
-                )
-                .await?;
+            for (table, time, max) in
+                [("invocations", "start_us", max_records), ("log_chunks", "last_ts_us", max_chunks)]
+            {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE {time} < $1 OR seq <= (SELECT MAX(seq) FROM {table}) - $2"
+                );
+                removed += client.execute(&sql, &[&(before_us as i64), &(max as i64)]).await?;
+            }
             Ok(removed)
         })
     }
