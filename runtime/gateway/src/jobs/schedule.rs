@@ -116,8 +116,11 @@ impl Checked {
     }
 }
 
+/// `us` as a time, cut to its whole second: cron expressions count in seconds, and a tick must
+/// be the same instant whichever node computes it, whenever within that second it looks (croner
+/// would keep the fraction of an instant that itself matches).
 fn micros_to_utc(us: u64) -> Option<DateTime<Utc>> {
-    DateTime::<Utc>::from_timestamp_micros(i64::try_from(us).ok()?)
+    DateTime::<Utc>::from_timestamp_micros(i64::try_from(us - us % 1_000_000).ok()?)
 }
 
 /// A schedule as the API shows it.
@@ -251,6 +254,16 @@ mod tests {
         ] {
             let why = bad.check().err().expect("refused");
             assert!(why.starts_with(field), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_tick_is_a_whole_second_whenever_within_it_it_is_computed() {
+        let every_second = spec("* * * * * *").check().expect("valid");
+        let second = 1_796_378_400_000_000;
+        for now in [second, second + 1, second + 500_000, second + 999_999] {
+            assert_eq!(every_second.latest_tick(now), Some(second), "at {now}");
+            assert_eq!(every_second.next_tick(now), Some(second + 1_000_000), "at {now}");
         }
     }
 
