@@ -235,9 +235,30 @@ pub async fn publish(engine: &Engine, registry: &ImageRegistry, id: &str) -> Res
             docker.tag_image(&id, Some(options)).await
         })
         .await?;
+    let pushed = push(engine, registry, &repository, &tag).await;
+    // Pushed or not, the registry's name goes again here, so the image keeps the one tag garbage
+    // collection removes it by (an image in several repositories is not removed by id).
+    let name = format!("{repository}:{tag}");
+    let _ = engine
+        .run(|docker| async move {
+            let options =
+                bollard::query_parameters::RemoveImageOptions { noprune: true, ..Default::default() };
+            docker.remove_image(&name, Some(options), None).await
+        })
+        .await;
+    pushed
+}
+
+/// Pushes `repository:tag`, failing with the registry's message.
+async fn push(
+    engine: &Engine,
+    registry: &ImageRegistry,
+    repository: &str,
+    tag: &str,
+) -> Result<(), RegistryError> {
     let docker = engine.client().await?;
-    let options = bollard::query_parameters::PushImageOptionsBuilder::new().tag(&tag).build();
-    let mut pushing = docker.push_image(&repository, Some(options), None);
+    let options = bollard::query_parameters::PushImageOptionsBuilder::new().tag(tag).build();
+    let mut pushing = docker.push_image(repository, Some(options), None);
     while let Some(item) = pushing.next().await {
         let failed = match item {
             Ok(info) => info.error_detail.and_then(|detail| detail.message),

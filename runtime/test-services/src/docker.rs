@@ -1,7 +1,10 @@
 //! A second Docker engine of a test's own (Debian's `docker.io`), for one more node of a cluster
-//! on the same machine: its own data root, exec root and socket in a temporary directory, no
-//! bridge and no iptables rules (its containers get no network, which the functions that run on
-//! it do not need). Stopped, its containers with it, when dropped.
+//! on the same machine: its own data root, exec root and socket in a temporary directory, its own
+//! bridge and no iptables rules (its containers are meant for functions without network).
+//! Stopped, its containers with it, when dropped.
+//!
+//! Not `--bridge=none`: an engine started so deletes the default bridge, `docker0`, which is the
+//! machine engine's.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 pub struct DockerEngine {
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
+    bridge: String,
     /// Its API socket.
     pub socket: PathBuf,
 }
@@ -26,6 +30,20 @@ impl DockerEngine {
         // Short: containerd's sockets live under the exec root.
         let dir = tempfile::Builder::new().prefix("amphi-dk-").tempdir_in("/tmp").expect("tempdir");
         let socket = dir.path().join("docker.sock");
+        // A bridge of its own, on a /24 of 10.214.0.0/16 no other engine of this machine uses.
+        let slot = std::process::id() % 250 + 1;
+        let bridge = format!("amphi-br{slot}");
+        let ip = |args: &[&str]| {
+            let done = Command::new("ip").args(args).stderr(Stdio::null()).status();
+            done.is_ok_and(|s| s.success())
+        };
+        ip(&["link", "del", &bridge]);
+        assert!(
+            ip(&["link", "add", &bridge, "type", "bridge"])
+                && ip(&["addr", "add", &format!("10.214.{slot}.1/24"), "dev", &bridge])
+                && ip(&["link", "set", &bridge, "up"]),
+            "cannot make the bridge {bridge} for a second Docker engine (needs root and iproute2)"
+        );
         // Its own (empty) settings file: the machine's may name the machine engine's data root.
         let config = dir.path().join("daemon.json");
         std::fs::write(&config, "{}").expect("daemon.json");
@@ -41,7 +59,8 @@ impl DockerEngine {
             .arg(dir.path().join("docker.pid"))
             .arg("--host")
             .arg(format!("unix://{}", socket.display()))
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"]);
+            .arg(format!("--bridge={bridge}"))
+            .args(["--iptables=false", "--ip6tables=false"]);
         if let Some(driver) = machine_storage_driver() {
             command.arg("--storage-driver").arg(driver);
         }
@@ -51,7 +70,7 @@ impl DockerEngine {
             .stderr(std::fs::File::create(dir.path().join("dockerd.log")).map_or(Stdio::null(), Stdio::from))
             .spawn()
             .expect("dockerd starts");
-        let engine = Self { child: Some(child), dir: Some(dir), socket };
+        let engine = Self { child: Some(child), dir: Some(dir), bridge, socket };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !engine.answers() {
             assert!(Instant::now() < deadline, "the second Docker engine did not start: {}", engine.log());
@@ -108,5 +127,6 @@ impl Drop for DockerEngine {
                 Command::new("umount").arg("-R").arg(dir.path().join("data")).stderr(Stdio::null()).status();
             let _ = std::fs::remove_dir_all(dir.path());
         }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
     }
 }
