@@ -258,10 +258,20 @@ async fn push(
 ) -> Result<(), RegistryError> {
     let docker = engine.client().await?;
     let options = bollard::query_parameters::PushImageOptionsBuilder::new().tag(tag).build();
-    let mut pushing = docker.push_image(repository, Some(options), None);
-    while let Some(item) = pushing.next().await {
+    let pushing = docker.push_image(repository, Some(options), None);
+    follow_progress(registry, pushing, |info| info.error_detail.and_then(|detail| detail.message)).await
+}
+
+/// Reads a push's or a pull's progress to its end; the first error the engine reports in it (or
+/// a broken stream) is the registry's.
+async fn follow_progress<T>(
+    registry: &ImageRegistry,
+    mut progress: impl futures::Stream<Item = Result<T, bollard::errors::Error>> + Unpin,
+    error_of: impl Fn(T) -> Option<String>,
+) -> Result<(), RegistryError> {
+    while let Some(item) = progress.next().await {
         let failed = match item {
-            Ok(info) => info.error_detail.and_then(|detail| detail.message),
+            Ok(info) => error_of(info),
             Err(error) => Some(error.to_string()),
         };
         if let Some(message) = failed {
@@ -283,16 +293,8 @@ pub async fn fetch(engine: &Engine, registry: &ImageRegistry, id: &str) -> Resul
     let docker = engine.client().await?;
     let options =
         bollard::query_parameters::CreateImageOptionsBuilder::new().from_image(&repository).tag(&tag).build();
-    let mut pulling = docker.create_image(Some(options), None, None);
-    while let Some(item) = pulling.next().await {
-        let failed = match item {
-            Ok(info) => info.error_detail.and_then(|detail| detail.message),
-            Err(error) => Some(error.to_string()),
-        };
-        if let Some(message) = failed {
-            return Err(RegistryError::Registry { registry: registry.host.clone(), message });
-        }
-    }
+    let pulling = docker.create_image(Some(options), None, None);
+    follow_progress(registry, pulling, |info| info.error_detail.and_then(|detail| detail.message)).await?;
     // The pulled image must be the one the function names.
     inspect(engine, id).await.map_err(|e| RegistryError::Registry {
         registry: registry.host.clone(),

@@ -52,6 +52,8 @@ pub struct Cluster {
     logs_shipped: tokio::sync::watch::Sender<u64>,
     /// Asks the other gateways about their instances.
     peers: Client<HttpConnector, Full<Bytes>>,
+    /// The cluster's records and lines.
+    logs: PgLogs,
 }
 
 impl Cluster {
@@ -60,6 +62,7 @@ impl Cluster {
         let unknown = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(UNKNOWN_FOR).build();
         Self {
             nodes: Arc::new(PgNodes::new(store.clone())),
+            logs: PgLogs::new(store.clone()),
             store,
             node_id,
             unknown,
@@ -71,9 +74,8 @@ impl Cluster {
     /// Ships what `local` commits to the shared store, and returns the reader of the cluster's
     /// records and lines.
     pub fn ship_logs(&self, local: &Arc<LogStore>) -> Arc<dyn LogReader> {
-        let shared = PgLogs::new(self.store.clone());
-        shared.ship_from(local.clone(), self.node_id.clone());
-        Arc::new(ClusterLogs { shared, local: local.clone() })
+        self.logs.ship_from(local.clone(), self.node_id.clone());
+        Arc::new(ClusterLogs { shared: self.logs.clone(), local: local.clone() })
     }
 
     /// Told whenever a gateway of the cluster shipped records or lines.
@@ -190,7 +192,7 @@ pub async fn join(platform: &Arc<Platform>, address: SocketAddr) -> Result<(), G
 /// Removes records and lines past the log store's limits from the shared store, every
 /// [`LOG_RETENTION_EVERY`] (each gateway does; the deletes are idempotent).
 fn purge_shared_logs(platform: &Arc<Platform>, cluster: &Cluster) {
-    let shared = PgLogs::new(cluster.store.clone());
+    let shared = cluster.logs.clone();
     let platform = Arc::downgrade(platform);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(LOG_RETENTION_EVERY);
